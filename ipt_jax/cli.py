@@ -1,0 +1,32 @@
+"""What every command-line entry point shares: expected failures as one line, exit code 1."""
+from collections.abc import Callable
+import sys
+
+import logging
+
+from absl import app
+from absl import logging as absl_logging
+
+# Errors that mean "bad input or environment", reported without a traceback.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                   ImportError, KeyError)
+
+
+def run(main: Callable[[list[str]], None]):
+  """absl's app.run(main), printing expected errors in one line and exiting non-zero."""
+  def guarded(argv):
+    absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    try:
+      main(argv)
+    except EXPECTED_ERRORS as e:
+      message = ' '.join(str(e).split()) or type(e).__name__
+      print(f'error: {message}', file=sys.stderr)
+      sys.exit(1)
+  app.run(guarded)
+
+
+class _OwnInfoOnly(logging.Filter):
+  """Keeps this project's INFO lines and everyone's warnings (orbax and jax log a lot)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or '/ipt_jax/' in record.pathname

@@ -1,0 +1,369 @@
+"""The Image Processing Transformer (IPT, Chen et al., CVPR 2021) in Flax linen.
+
+One head, tail and task embedding per task around one shared encoder-decoder
+transformer (the body) on 3x3 patch tokens, numerically the official PyTorch
+model. Inputs and outputs are NHWC in [0, 255]; the output is not clipped.
+
+Parameter names (used by `ipt_jax.convert` and by the per-task optimiser):
+  head_<task>/{conv_in, res_0, res_1}
+  body/{linear_encoding, pos_embed, query_embed_<task>, encoder_<i>, decoder_<i>, mlp_head}
+  tail_<task>/{upsample_<i>, conv_out}
+"""
+from collections.abc import Sequence
+import math
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ipt_jax import tasks as tasks_lib
+
+# Mean RGB of DIV2K on the [0, 1] scale, subtracted first and added back last.
+RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+PRESETS = {
+    'paper': dict(n_feats=64, num_heads=12, num_layers=12, mlp_dim=2304),
+    'small': dict(n_feats=32, num_heads=6, num_layers=4, mlp_dim=1152),
+    'tiny': dict(n_feats=8, num_heads=2, num_layers=2, mlp_dim=288),
+}
+
+# Task-specific parameters are named with these prefixes followed by the task name.
+TASK_PREFIXES = ('head_', 'tail_', 'query_embed_')
+
+
+def _uniform(bound: float):
+  """U(-bound, bound): PyTorch's default for conv / linear weights and biases."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def _torch_default_init(fan_in: int) -> dict[str, Any]:
+  # kaiming_uniform(a=sqrt(5)) and the matching bias init both give 1/sqrt(fan_in).
+  bound = 1 / math.sqrt(fan_in)
+  return dict(kernel_init=_uniform(bound), bias_init=_uniform(bound))
+
+
+def conv(features: int, kernel_size: int, in_features: int, dtype, param_dtype,
+         name: str) -> nn.Conv:
+  """A 'same'-padded square convolution with bias, initialised as PyTorch's."""
+  return nn.Conv(features, (kernel_size, kernel_size), padding='SAME', dtype=dtype,
+                 param_dtype=param_dtype, name=name,
+                 **_torch_default_init(in_features * kernel_size**2))
+
+
+class ResBlock(nn.Module):
+  """conv 5x5 -> ReLU -> conv 5x5, plus identity."""
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n = x.shape[-1]
+    conv5 = lambda name: conv(n, 5, n, self.dtype, self.param_dtype, name)
+    return x + conv5('conv_1')(nn.relu(conv5('conv_0')(x)))
+
+
+class Head(nn.Module):
+  """Task head: conv 3x3 (3 -> n_feats), then two ResBlocks."""
+  n_feats: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = conv(self.n_feats, 3, x.shape[-1], self.dtype, self.param_dtype, 'conv_in')(x)
+    x = ResBlock(self.dtype, self.param_dtype, name='res_0')(x)
+    return ResBlock(self.dtype, self.param_dtype, name='res_1')(x)
+
+
+def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
+  """NHWC pixel shuffle with PyTorch's channel order: out[h*r+i, w*r+j, c] = in[h, w, c*r*r+i*r+j]."""
+  return einops.rearrange(x, 'b h w (c i j) -> b (h i) (w j) c', i=r, j=r)
+
+
+class Tail(nn.Module):
+  """Task tail: pixel-shuffle upsampler for the task's scale, then conv 3x3 (n_feats -> 3)."""
+  scale: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n_feats = x.shape[-1]
+    # x2^k: k times (conv to 4n, shuffle 2); x3: conv to 9n, shuffle 3; x1: nothing.
+    factors = [3] if self.scale == 3 else [2] * int(math.log2(self.scale))
+    for i, r in enumerate(factors):
+      x = conv(n_feats * r * r, 3, n_feats, self.dtype, self.param_dtype, f'upsample_{i}')(x)
+      x = pixel_shuffle(x, r)
+    return conv(3, 3, n_feats, self.dtype, self.param_dtype, 'conv_out')(x)
+
+
+class Attention(nn.Module):
+  """Multi-head attention without biases, as torch.nn.MultiheadAttention(bias=False)."""
+  num_heads: int
+  qkv_init_bound: float
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, query, key, value):
+    dim = query.shape[-1]
+    dense = lambda name, bound: nn.Dense(dim, use_bias=False, dtype=self.dtype,
+                                         param_dtype=self.param_dtype, name=name,
+                                         kernel_init=_uniform(bound))
+    split = lambda t: einops.rearrange(t, 'b t (n d) -> b t n d', n=self.num_heads)
+    q = split(dense('query', self.qkv_init_bound)(query))
+    k = split(dense('key', self.qkv_init_bound)(key))
+    v = split(dense('value', self.qkv_init_bound)(value))
+    if q.dtype == jnp.float64:  # dot_product_attention would round the softmax to float32.
+      weights = jax.nn.softmax(jnp.einsum('bqnd,bknd->bnqk', q, k) / math.sqrt(q.shape[-1]))
+      out = jnp.einsum('bnqk,bknd->bqnd', weights, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    return dense('out', 1 / math.sqrt(dim))(einops.rearrange(out, 'b t n d -> b t (n d)'))
+
+
+class MlpBlock(nn.Module):
+  """Linear -> ReLU -> Linear, with dropout after each linear."""
+  hidden_dim: int
+  dropout_rate: float = 0.
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    dim = x.shape[-1]
+    dense = lambda features, fan_in, name: nn.Dense(
+        features, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        **_torch_default_init(fan_in))
+    x = nn.Dropout(self.dropout_rate)(dense(self.hidden_dim, dim, 'fc1')(x), deterministic)
+    x = dense(dim, self.hidden_dim, 'fc2')(nn.relu(x))
+    return nn.Dropout(self.dropout_rate)(x, deterministic)
+
+
+class _Layer(nn.Module):
+  """Common fields of the pre-norm encoder and decoder layers."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  def norm(self, name):
+    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name=name)
+
+  def attention(self, name, qkv_init_bound):
+    return Attention(self.num_heads, qkv_init_bound, self.dtype, self.param_dtype,
+                     self.attention_impl, name=name)
+
+  def mlp(self, x, deterministic):
+    return MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
+                    name='mlp')(x, deterministic)
+
+  def dropout(self, x, deterministic):
+    return nn.Dropout(self.dropout_rate)(x, deterministic)
+
+
+class EncoderLayer(_Layer):
+  """x += MHA(LN x, LN x, LN x); x += FFN(LN x)."""
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    h = self.norm('norm1')(x)
+    # PyTorch re-initialises the encoder's packed in_proj with kaiming_uniform(a=sqrt(5)).
+    h = self.attention('self_attn', 1 / math.sqrt(x.shape[-1]))(h, h, h)
+    x = x + self.dropout(h, deterministic)
+    return x + self.mlp(self.norm('norm2')(x), deterministic)
+
+
+class DecoderLayer(_Layer):
+  """Self-attention and cross-attention with the task embedding added to queries (and self keys)."""
+
+  @nn.compact
+  def __call__(self, x, memory, task_embed, deterministic: bool):
+    # The decoder keeps PyTorch's xavier_uniform init of the packed [3*dim, dim] in_proj.
+    bound = math.sqrt(6 / (4 * x.shape[-1]))
+    h = self.norm('norm1')(x)
+    q = h + task_embed
+    h = self.attention('self_attn', bound)(q, q, h)
+    x = x + self.dropout(h, deterministic)
+    h = self.norm('norm2')(x)
+    h = self.attention('cross_attn', bound)(h + task_embed, memory, memory)
+    x = x + self.dropout(h, deterministic)
+    return x + self.mlp(self.norm('norm3')(x), deterministic)
+
+
+class Body(nn.Module):
+  """The shared transformer on non-overlapping patch_dim x patch_dim patch tokens."""
+  num_tokens: int
+  patch_dim: int
+  num_heads: int
+  num_layers: int
+  mlp_dim: int
+  tasks: tuple[str, ...]
+  dropout_rate: float = 0.
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, task: int, deterministic: bool):
+    """[B, H, W, C] feature map -> (same-shaped map, output patch features [B, tokens, dim])."""
+    height = x.shape[1]
+    # Tokens in row-major patch order, values channel-major within a token (PyTorch unfold).
+    tokens = einops.rearrange(x, 'b (h p) (w q) c -> b (h w) (c p q)', p=self.patch_dim,
+                              q=self.patch_dim)
+    # The residual stream stays in (at least) float32 when computing in bfloat16.
+    tokens = tokens.astype(jnp.promote_types(self.dtype, jnp.float32))
+    dim = tokens.shape[-1]
+    embed = lambda name: self.param(name, nn.initializers.normal(1.), (self.num_tokens, dim),
+                                    self.param_dtype)
+    pos_embed = embed('pos_embed')
+    # Every task's embedding is declared (so that init creates them all); one is used.
+    task_embed = [embed(f'query_embed_{t}') for t in self.tasks][task].astype(self.dtype)
+
+    encoding = nn.Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name='linear_encoding', **_torch_default_init(dim))(tokens)
+    x = tokens + nn.Dropout(self.dropout_rate)(encoding, deterministic)
+    x = x + pos_embed.astype(x.dtype)
+
+    layer_args = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                      dropout_rate=self.dropout_rate, dtype=self.dtype,
+                      param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+    for i in range(self.num_layers):
+      x = EncoderLayer(**layer_args, name=f'encoder_{i}')(x, deterministic)
+    # The decoder's input and its memory are both the encoder output.
+    memory = x
+    for i in range(self.num_layers):
+      x = DecoderLayer(**layer_args, name=f'decoder_{i}')(x, memory, task_embed, deterministic)
+    features = x + MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
+                            name='mlp_head')(x, deterministic)
+    out = einops.rearrange(features, 'b (h w) (c p q) -> b (h p) (w q) c', h=height // self.patch_dim,
+                           p=self.patch_dim, q=self.patch_dim)
+    return out, features
+
+
+class IPT(nn.Module):
+  """Multi-head, multi-tail IPT.
+
+  Call: `model.apply({'params': params}, x, task=i)` with x NHWC in [0, 255] of shape
+  [B, patch_size, patch_size, 3] and i a static index into `tasks`; returns
+  [B, patch_size * scale, patch_size * scale, 3]. With `return_features=True` it also
+  returns the body's output patch features [B, num_tokens, n_feats * patch_dim**2].
+  """
+  n_feats: int = 64
+  patch_size: int = 48
+  patch_dim: int = 3
+  num_heads: int = 12
+  num_layers: int = 12
+  mlp_dim: int = 2304
+  tasks: tuple[str, ...] = tasks_lib.PRETRAIN_NAMES
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  dropout_rate: float = 0.
+  attention_impl: str | None = None
+  rgb_mean: tuple[float, float, float] = RGB_MEAN
+
+  @property
+  def mean_shift(self) -> np.ndarray:
+    """255 * rgb_mean, rounded to float32 as in the official checkpoint."""
+    return np.float32(255) * np.asarray(self.rgb_mean, np.float32)
+
+  def scale(self, task: int) -> int:
+    return tasks_lib.get(self.tasks[task]).scale
+
+  @nn.compact
+  def __call__(self, x, task: int, *, train: bool = False, return_features: bool = False):
+    self._check_inputs(x, task)
+    heads = [Head(self.n_feats, self.dtype, self.param_dtype, name=f'head_{t}')
+             for t in self.tasks]
+    tails = [Tail(self.scale(i), self.dtype, self.param_dtype, name=f'tail_{t}')
+             for i, t in enumerate(self.tasks)]
+    if self.is_initializing():  # Create every task's head and tail, not only the one called.
+      for i in range(len(self.tasks)):
+        if i != task:
+          tails[i](heads[i](x))
+
+    mean = jnp.asarray(self.mean_shift, x.dtype)
+    x = heads[task](x - mean)
+    body = Body((self.patch_size // self.patch_dim)**2, self.patch_dim, self.num_heads,
+                self.num_layers, self.mlp_dim, tuple(self.tasks), self.dropout_rate, self.dtype,
+                self.param_dtype, self.attention_impl, name='body')
+    res, features = body(x, task, deterministic=not train)
+    out = tails[task](res + x) + mean
+    return (out, features) if return_features else out
+
+  def _check_inputs(self, x, task):
+    if not isinstance(task, (int, np.integer)) or isinstance(task, bool):
+      raise TypeError(f'task must be a static Python int (an index into {self.tasks}), '
+                      f'got {type(task).__name__}. Use tasks.index(name, model.tasks).')
+    if not 0 <= task < len(self.tasks):
+      raise ValueError(f'task index {task} is out of range for a model with tasks '
+                       f'{self.tasks} (valid: 0..{len(self.tasks) - 1}).')
+    expected = (self.patch_size, self.patch_size, 3)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+      raise ValueError(f'IPT takes NHWC inputs of shape [batch, {self.patch_size}, '
+                       f'{self.patch_size}, 3] (its position and task embeddings are sized for '
+                       f'it), got {tuple(x.shape)}. Use ipt_jax.inference to run whole images.')
+
+  def init_params(self, rng: jax.Array) -> dict:
+    """Freshly initialised parameters of every task (no compute beyond the initialisers)."""
+    x = jnp.zeros((1, self.patch_size, self.patch_size, 3), self.param_dtype)
+    return jax.jit(lambda r: self.init(r, x, task=0))(rng)['params']
+
+
+def preset(name: str, **overrides) -> IPT:
+  """The IPT of a named size ('paper', 'small', 'tiny'); fields can be overridden."""
+  if name not in PRESETS:
+    raise ValueError(f'Unknown model preset {name!r}; choose one of {", ".join(PRESETS)}.')
+  return IPT(**{**PRESETS[name], **overrides})
+
+
+def task_of_param(path: Sequence[str], model_tasks: Sequence[str]) -> str | None:
+  """The task a parameter belongs to (from its path of names), or None when shared."""
+  for key in path:
+    for prefix in TASK_PREFIXES:
+      if key.startswith(prefix) and key[len(prefix):] in model_tasks:
+        return key[len(prefix):]
+  return None
+
+
+_CONFIG_FIELDS = ('n_feats', 'patch_size', 'patch_dim', 'num_heads', 'num_layers', 'mlp_dim',
+                  'tasks', 'dtype', 'param_dtype', 'dropout_rate', 'attention_impl', 'rgb_mean')
+
+
+def to_config(model: IPT) -> dict[str, Any]:
+  """The model's fields as JSON-friendly values (saved beside every checkpoint)."""
+  config = {f: getattr(model, f) for f in _CONFIG_FIELDS}
+  config['dtype'] = jnp.dtype(model.dtype).name
+  config['param_dtype'] = jnp.dtype(model.param_dtype).name
+  config['tasks'] = list(model.tasks)
+  config['rgb_mean'] = list(model.rgb_mean)
+  return config
+
+
+def from_config(config: dict[str, Any], **overrides) -> IPT:
+  """Inverse of `to_config`; `overrides` replace saved fields (e.g. dtype for inference)."""
+  unknown = set(config) - set(_CONFIG_FIELDS)
+  if unknown:
+    raise ValueError(f'Unknown IPT config fields {sorted(unknown)}; expected {_CONFIG_FIELDS}.')
+  fields = {**config, **overrides}
+  for name in ('dtype', 'param_dtype'):
+    if name in fields:
+      fields[name] = jnp.dtype(fields[name])
+  for name in ('tasks', 'rgb_mean'):
+    if name in fields:
+      fields[name] = tuple(fields[name])
+  return IPT(**fields)
+
+
+def count_params(params) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+

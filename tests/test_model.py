@@ -1,0 +1,134 @@
+"""The Flax IPT: shapes, parameters, errors, and its building blocks against PyTorch."""
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ipt_jax import tasks
+from ipt_jax.models import ipt
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = ipt.preset('tiny')
+  return model, model.init_params(jax.random.key(0))
+
+
+def test_paper_preset_has_the_official_parameter_count():
+  model = ipt.preset('paper')
+  shapes = jax.eval_shape(model.init_params, jax.random.key(0))
+  assert ipt.count_params(shapes) == 118_892_370
+  assert ipt.count_params(shapes['body']) - 6 * 256 * 576 == 115_636_608 - 6 * 256 * 576
+
+
+def test_every_task_gets_the_right_output_shape_and_features(tiny):
+  model, params = tiny
+  x = jax.random.uniform(jax.random.key(1), (2, 48, 48, 3), maxval=255.)
+  for i, name in enumerate(model.tasks):
+    out, features = model.apply({'params': params}, x, task=i, return_features=True)
+    scale = tasks.get(name).scale
+    assert out.shape == (2, 48 * scale, 48 * scale, 3)
+    assert features.shape == (2, 256, 8 * 9)
+    assert np.isfinite(np.asarray(out)).all()
+
+
+def test_init_creates_every_tasks_head_tail_and_embedding(tiny):
+  model, params = tiny
+  for name in model.tasks:
+    assert f'head_{name}' in params and f'tail_{name}' in params
+    assert params['body'][f'query_embed_{name}'].shape == (256, 72)
+
+
+def test_tasks_use_their_own_parameters(tiny):
+  model, params = tiny
+  x = jnp.full((1, 48, 48, 3), 100.)
+  a = model.apply({'params': params}, x, task=3)
+  b = model.apply({'params': params}, x, task=4)
+  assert not np.allclose(a, b)
+
+
+def test_task_of_param():
+  names = tasks.PRETRAIN_NAMES
+  assert ipt.task_of_param(('head_sr_x2', 'conv_in', 'kernel'), names) == 'sr_x2'
+  assert ipt.task_of_param(('body', 'query_embed_derain'), names) == 'derain'
+  assert ipt.task_of_param(('body', 'encoder_0', 'norm1', 'scale'), names) is None
+  assert ipt.task_of_param(('head_sr_x8', 'conv_in', 'kernel'), names) is None
+
+
+def test_wrong_input_size_is_a_clear_error(tiny):
+  model, params = tiny
+  with pytest.raises(ValueError, match=r'shape \[batch, 48, 48, 3\].*got \(1, 50, 48, 3\).*'
+                                       'ipt_jax.inference'):
+    model.apply({'params': params}, jnp.zeros((1, 50, 48, 3)), task=0)
+  with pytest.raises(ValueError, match=r'got \(48, 48, 3\)'):
+    model.apply({'params': params}, jnp.zeros((48, 48, 3)), task=0)
+
+
+def test_bad_task_is_a_clear_error(tiny):
+  model, params = tiny
+  x = jnp.zeros((1, 48, 48, 3))
+  with pytest.raises(ValueError, match=r'task index 6 is out of range.*valid: 0\.\.5'):
+    model.apply({'params': params}, x, task=6)
+  with pytest.raises(TypeError, match='static Python int'):
+    model.apply({'params': params}, x, task='sr_x2')
+
+
+def test_task_lookup_errors():
+  with pytest.raises(ValueError, match='Unknown task .*sr_x2, sr_x3, sr_x4, denoise_30'):
+    tasks.get('deblur')
+  with pytest.raises(ValueError, match='scales 2, 3 and powers of 2'):
+    tasks.get('sr_x5')
+  with pytest.raises(ValueError, match="not one of this model's tasks: sr_x2"):
+    tasks.index('sr_x4', ('sr_x2',))
+  assert tasks.get('denoise_15') == tasks.Task('denoise_15', 'denoise', sigma=15.)
+  assert tasks.get('sr_x8').scale == 8
+  assert [tasks.index(n) for n in tasks.PRETRAIN_NAMES] == list(range(6))
+
+
+def test_unknown_preset():
+  with pytest.raises(ValueError, match="Unknown model preset 'huge'; choose one of paper, small"):
+    ipt.preset('huge')
+
+
+def test_config_round_trip():
+  model = ipt.preset('small', tasks=('sr_x2', 'denoise_15'), dtype=jnp.bfloat16)
+  config = ipt.to_config(model)
+  assert config['dtype'] == 'bfloat16' and config['tasks'] == ['sr_x2', 'denoise_15']
+  assert ipt.from_config(config) == model
+  assert ipt.from_config(config, dtype='float32').dtype == jnp.float32
+  with pytest.raises(ValueError, match='Unknown IPT config fields'):
+    ipt.from_config({**config, 'depth': 3})
+
+
+def test_pixel_shuffle_matches_pytorch():
+  torch = pytest.importorskip('torch')
+  for r in (2, 3):
+    x = np.random.default_rng(0).normal(size=(2, 4 * r * r, 5, 6)).astype(np.float32)
+    expected = torch.nn.functional.pixel_shuffle(torch.from_numpy(x), r).numpy()
+    got = ipt.pixel_shuffle(jnp.asarray(x.transpose(0, 2, 3, 1)), r)
+    np.testing.assert_array_equal(np.asarray(got).transpose(0, 3, 1, 2), expected)
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny):
+  model, params = tiny
+  x = jax.random.uniform(jax.random.key(2), (2, 48, 48, 3), maxval=255.)
+  ref = model.apply({'params': params}, x, task=0)
+  bf16 = model.clone(dtype=jnp.bfloat16).apply({'params': params}, x, task=0)
+  err = jnp.abs(bf16.astype(jnp.float32) - ref)
+  assert float(err.mean()) < 1.0, float(err.mean())
+
+
+def test_model_and_conversion_import_without_tensorflow():
+  code = '''
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+      raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+import ipt_jax.models.ipt, ipt_jax.convert, ipt_jax.checkpoint
+'''
+  subprocess.run([sys.executable, '-c', code], check=True)
