@@ -14,6 +14,7 @@ setuptools.setup(
         'absl-py>=1.4',
         'clu>=0.0.10',
         'einops>=0.7',
+        'etils[epath,epy]>=1.5',
         'flax>=0.10',
         'jax>=0.4.35',
         'ml-collections>=0.1.1',

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from tests.conftest import shared_path
 from ipt_jax import convert
 from ipt_jax import inference
 

@@ -1,0 +1,1 @@
+"""Training data: degradations, image sources, the tf.data pipeline, benchmark sets."""

@@ -1,0 +1,319 @@
+"""Where clean training images come from, chosen by a source string.
+
+* ``tfds:<name>[:<split>]``: a TensorFlow Datasets dataset (default split
+  ``train``), e.g. ``tfds:imagenet2012`` or ``tfds:div2k/bicubic_x2`` with
+  ``image_key='hr'``; ``data_dir`` may be a gs:// path.
+* ``folder:<path>``: every .jpg, .jpeg, .png, .bmp and .webp file under
+  ``<path>`` (recursive, any case). Grayscale, RGBA, palette and 16-bit images are
+  converted to 8-bit RGB; unreadable files are skipped with a warning and counted.
+* ``samples[:<split>]``: colour photos bundled with scikit-image (no download).
+  ``samples`` / ``samples:train`` has seven of them; ``samples:validation`` holds
+  out two whole other images (chelsea, rocket) for evaluating quick-start runs.
+
+Every source gives one host a disjoint, even share of its images (the sorted file
+list, or `tfds.even_splits`) and reads that share in epochs: `ImageSource.records`
+yields an epoch in an order given by a seed, from any position, so that an input
+pipeline can resume mid-epoch. Images smaller than `min_size` in either dimension
+are skipped: a folder's when it is indexed (each file's header is read and its
+data checked once, in parallel, when the source is opened), a TFDS dataset's
+while reading (from the encoded header, before decoding).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import os
+import pathlib
+from typing import Callable
+
+from absl import logging
+from etils import epy
+import numpy as np
+from PIL import Image
+import skimage
+
+from ipt_jax.data import degrade
+
+with epy.lazy_imports(success_callback=degrade.keep_tensorflow_on_cpu):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+FOLDER_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+
+# How a record's bytes are decoded: TensorFlow's JPEG decoder (which can decode
+# just a crop), TensorFlow's PNG decoder, or Pillow for anything else.
+JPEG, PNG, PILLOW = 0, 1, 2
+
+SAMPLE_SPLITS = {
+    'train': ('astronaut.png', 'coffee.png', 'hubble_deep_field.jpg', 'ihc.png',
+              'motorcycle_left.png', 'motorcycle_right.png', 'retina.jpg'),
+    'validation': ('chelsea.png', 'rocket.jpg'),
+}
+
+_SOURCE_HELP = ("Valid sources: 'tfds:<name>[:<split>]' (e.g. 'tfds:imagenet2012'), "
+                "'folder:<path>', or 'samples[:train|validation]'.")
+_IMAGENET_HELP = (
+    'ImageNet needs a manual download: get ILSVRC2012_img_train.tar and '
+    'ILSVRC2012_img_val.tar from https://image-net.org (after accepting its terms) into one '
+    'folder, then prepare the dataset once with\n'
+    '  tfds build imagenet2012 --manual_dir=<that folder> --data_dir={data_dir}\n'
+    'and pass the same data_dir (a local path or gs://bucket/path) in the data config.')
+_TFDS_HELP = ('Prepare it once with\n  tfds build {name} --data_dir={data_dir}\n'
+              '(see its catalog page for datasets that need a manual download), and pass the '
+              'same data_dir in the data config.')
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceStats:
+  """What a host found in its share of a source.
+
+  For folders all counts are final when the source is opened. For TFDS datasets
+  `too_small` grows while reading (each time a small image is read) and
+  `unreadable` stays 0 (TFDS validated the images when the dataset was built).
+  """
+  files: int  # Images (files or records) in this host's share.
+  usable: int  # Folders: images that pass the checks. TFDS: records per epoch.
+  unreadable: int = 0
+  too_small: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+  """One host's share of a source, read in epochs of `epoch_size` images.
+
+  `records(order_seed, start)` is one epoch from position `start`: a dataset of
+  dicts with `encoded` (the file's bytes), `format` (JPEG, PNG or PILLOW),
+  `height` and `width` (int32). The order is a function of `order_seed` (a
+  stateless seed, shape [2]) only. An epoch lists `epoch_size` images: every
+  usable image once for folders; for TFDS datasets the usable images once and
+  then, in place of the skipped small ones, the epoch's first usable images
+  again, so that every epoch has the same length.
+  """
+  epoch_size: int
+  records: Callable[[tf.Tensor, int | tf.Tensor], tf.data.Dataset]
+  stats: Callable[[], SourceStats]
+
+
+def open_source(spec: str, *, min_size: int, data_dir: str | None = None,
+                image_key: str = 'image', shuffle_buffer: int = 1000,
+                process_index: int = 0, process_count: int = 1) -> ImageSource:
+  """Opens `spec` (see the module docstring) for host `process_index` of `process_count`.
+
+  Args:
+    spec: the source string.
+    min_size: images with a smaller height or width are skipped.
+    data_dir: TFDS data directory (None: TFDS's default, ~/tensorflow_datasets).
+    image_key: the TFDS image feature to read.
+    shuffle_buffer: TFDS records shuffled per epoch in a buffer of this size (a
+      folder's epoch is a full permutation).
+    process_index: this host.
+    process_count: the number of hosts.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index must be in [0, {process_count}), got {process_index}.')
+  kind, _, rest = str(spec).partition(':')
+  if kind == 'tfds' and rest:
+    name, _, split = rest.partition(':')
+    return _tfds_source(name, split or 'train', data_dir=data_dir, image_key=image_key,
+                        min_size=min_size, shuffle_buffer=shuffle_buffer,
+                        process_index=process_index, process_count=process_count)
+  if kind == 'folder' and rest:
+    root = pathlib.Path(rest).expanduser()
+    if not root.is_dir():
+      raise ValueError(f'Image folder {str(root)!r} (source {spec!r}) does not exist or is not '
+                       'a folder; check the path.')
+    files = sorted(p for p in root.rglob('*')
+                   if p.suffix.lower() in FOLDER_EXTENSIONS and p.is_file())
+    if not files:
+      raise ValueError(f'Image folder {str(root)!r} has no {"/".join(FOLDER_EXTENSIONS)} files '
+                       '(searched recursively); point the source at a folder of images.')
+    return _files_source(spec, files, min_size, process_index, process_count)
+  if kind == 'samples' and rest in ('', *SAMPLE_SPLITS):
+    sample_dir = pathlib.Path(skimage.data_dir)
+    files = [sample_dir / name for name in SAMPLE_SPLITS[rest or 'train']]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+      raise ValueError(f'scikit-image sample images are missing: {missing}; reinstall '
+                       'scikit-image (pip install --force-reinstall scikit-image).')
+    return _files_source(spec, files, min_size, process_index, process_count)
+  raise ValueError(f'Unknown image source {spec!r}. {_SOURCE_HELP}')
+
+
+# ---------------------------------------------------------------------------
+# Image folders (and the bundled samples).
+# ---------------------------------------------------------------------------
+
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+  """An 8-bit RGB array [H, W, 3] of a Pillow image.
+
+  Grayscale is replicated to three channels, alpha dropped (as the official IPT
+  loader does), palettes expanded, and 16-bit values scaled to 8 bits (rounded).
+  """
+  if image.mode.startswith('I'):  # 16-bit (or 32-bit integer) grayscale.
+    gray = np.round(np.asarray(image, np.float64) / 257.)
+    return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+  return np.asarray(image.convert('RGB'))
+
+
+def decode_with_pillow(encoded: bytes) -> np.ndarray:
+  """Decodes an image file's bytes to 8-bit RGB with Pillow (`pil_to_rgb`)."""
+  with Image.open(io.BytesIO(encoded)) as image:
+    return pil_to_rgb(image)
+
+
+def _inspect(path: pathlib.Path) -> tuple[int, int, int] | str:
+  """(height, width, format) of a decodable image, or why it is unreadable.
+
+  Checks the data once so that training never meets a broken file: a JPEG is
+  decoded at 1/8 scale (cheap, but reads every coefficient, so truncation shows),
+  a PNG's chunk checksums are verified, anything else is decoded in full.
+  """
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      if image.format == 'JPEG':
+        tensorflow_decodes = image.mode in ('L', 'RGB')  # Not CMYK.
+        image.draft(image.mode, (width // 8, height // 8))
+        image.load()
+        return height, width, JPEG if tensorflow_decodes else PILLOW
+      if image.format == 'PNG':
+        image.verify()
+        return height, width, PNG
+      image.load()
+      return height, width, PILLOW
+  except Exception as e:  # pylint: disable=broad-except  # Any failure means unreadable.
+    return f'{type(e).__name__}: {e}'
+
+
+def _files_source(spec: str, files: list[pathlib.Path], min_size: int,
+                  process_index: int, process_count: int) -> ImageSource:
+  """A source over a sorted list of image files; hosts take even contiguous shares."""
+  begin, end = _even_share(len(files), process_index, process_count)
+  files = files[begin:end]
+  if not files:
+    raise ValueError(f'Source {spec!r} has fewer images than hosts ({process_count}); host '
+                     f'{process_index} would get none. Use more images or fewer hosts.')
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+    infos = list(pool.map(_inspect, files))
+  usable, unreadable, too_small = [], 0, 0
+  for path, info in zip(files, infos):
+    if isinstance(info, str):
+      logging.warning('Skipping unreadable image %s (%s).', path, info)
+      unreadable += 1
+    elif min(info[:2]) < min_size:
+      too_small += 1
+    else:
+      usable.append((str(path), *info))
+  stats = SourceStats(files=len(files), usable=len(usable), unreadable=unreadable,
+                      too_small=too_small)
+  logging.info('Source %s, host %d/%d: %s (images smaller than %d px are skipped).', spec,
+               process_index, process_count, stats, min_size)
+  if not usable:
+    raise ValueError(f'Source {spec!r} has no usable image on host {process_index}: of '
+                     f'{len(files)} files, {unreadable} are unreadable and {too_small} are '
+                     f'smaller than {min_size} px (the largest training crop).')
+  paths, heights, widths, formats = zip(*usable)
+  table = {'path': tf.constant(paths), 'height': tf.constant(heights, tf.int32),
+           'width': tf.constant(widths, tf.int32), 'format': tf.constant(formats, tf.int32)}
+
+  def read(index):
+    entry = {k: v[index] for k, v in table.items()}
+    return {'encoded': tf.io.read_file(entry.pop('path')), **entry}
+
+  def records(order_seed, start):
+    order = tf.random.experimental.stateless_shuffle(tf.range(len(usable)), order_seed)
+    # Skip before reading: resuming mid-epoch costs nothing.
+    return tf.data.Dataset.from_tensor_slices(order).skip(start).map(read)
+
+  return ImageSource(epoch_size=len(usable), records=records, stats=lambda: stats)
+
+
+def _even_share(count: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """[begin, end) of host `process_index`'s share; the first hosts get one more if uneven."""
+  base, extra = divmod(count, process_count)
+  begin = process_index * base + min(process_index, extra)
+  return begin, begin + base + (process_index < extra)
+
+
+# ---------------------------------------------------------------------------
+# TensorFlow Datasets.
+# ---------------------------------------------------------------------------
+
+def encoded_format_and_shape(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """(format, height, width) read from a JPEG or PNG header, without decoding."""
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(encoded)
+    return tf.constant(JPEG), shape[0], shape[1]
+
+  def png():  # PNG: the IHDR chunk stores width, then height, as big-endian uint32.
+    size = tf.io.decode_raw(tf.strings.substr(encoded, 16, 8), tf.int32, little_endian=False)
+    return tf.constant(PNG), size[1], size[0]
+
+  return tf.cond(tf.io.is_jpeg(encoded), jpeg, png)
+
+
+def _tfds_source(name: str, split: str, *, data_dir: str | None, image_key: str,
+                 min_size: int, shuffle_buffer: int, process_index: int,
+                 process_count: int) -> ImageSource:
+  spec = f'tfds:{name}:{split}'
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f'Unknown TFDS dataset {name!r} (source {spec!r}); see '
+                     'https://www.tensorflow.org/datasets/catalog for names.') from e
+  shown_dir = data_dir or '~/tensorflow_datasets'
+  help_text = (_IMAGENET_HELP.format(data_dir=shown_dir) if name.startswith('imagenet2012')
+               else _TFDS_HELP.format(name=name, data_dir=shown_dir))
+  features = builder.info.features
+  if image_key not in features or not isinstance(features[image_key], tfds.features.Image):
+    images = [k for k, v in features.items() if isinstance(v, tfds.features.Image)]
+    raise ValueError(f'TFDS dataset {name!r} has no image feature {image_key!r}; set the data '
+                     f'config image_key to one of {images}.')
+  host_split = tfds.even_splits(split, process_count)[process_index]
+  try:
+    base = builder.as_dataset(split=host_split, shuffle_files=False,
+                              decoders={image_key: tfds.decode.SkipDecoding()})
+  except AssertionError as e:  # TFDS's way of saying the data is not there.
+    raise ValueError(f'TFDS dataset {name!r} is not prepared in {shown_dir}. '
+                     f'{help_text}') from e
+  except (KeyError, ValueError) as e:
+    raise ValueError(f'Cannot read split {split!r} of TFDS dataset {name!r}: {e}') from e
+  num_records = int(base.cardinality())
+  if num_records <= 0:
+    raise ValueError(f'Host {process_index} of {process_count} gets no records of {spec!r}; '
+                     'use a larger split or fewer hosts.')
+  skipped = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+  def describe(example):
+    encoded = example[image_key]
+    fmt, height, width = encoded_format_and_shape(encoded)
+    return {'encoded': encoded, 'format': fmt, 'height': height, 'width': width}
+
+  def large_enough(record):
+    return tf.minimum(record['height'], record['width']) >= min_size
+
+  def large_enough_counted(record):
+    ok = large_enough(record)
+    skipped.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+    return ok
+
+  # Reads up to the first usable record: all of them only when there is none.
+  if not list(base.map(describe).filter(large_enough).take(1)):
+    raise ValueError(f'No image of {spec!r} on host {process_index} is at least {min_size} px '
+                     'in height and width (the largest training crop); use a dataset of larger '
+                     'images or smaller tasks.')
+
+  def records(order_seed, start):
+    shuffle_seed = tf.random.stateless_uniform([], order_seed, minval=None, maxval=None,
+                                               dtype=tf.int64)
+    ds = base.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = ds.map(describe).filter(large_enough_counted)
+    # Fill the places of skipped images from the epoch's start: a fixed epoch length
+    # maps every step to (epoch, position) without knowing how many images are small.
+    return ds.repeat().take(num_records).skip(start)
+
+  def stats():
+    return SourceStats(files=num_records, usable=num_records, too_small=int(skipped.numpy()))
+
+  return ImageSource(epoch_size=num_records, records=records, stats=stats)
