@@ -1,4 +1,4 @@
-"""Orbax checkpoints: params directories and loading a model from any checkpoint path.
+"""Orbax checkpoints: params directories, training checkpoints, loading from any path.
 
 Every checkpoint directory holds the model config beside the params, so a path alone is
 enough to rebuild the model:
@@ -8,11 +8,12 @@ A training run's `<workdir>/checkpoints/<step>` directories have this layout too
 """
 from collections.abc import Sequence
 import os
-import pathlib
+import signal
 
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from ipt_jax.models import ipt
@@ -100,3 +101,88 @@ def _candidate_dirs(path: epath.Path) -> list[epath.Path]:
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
   return step_dirs(path) if path.is_dir() else []
+
+
+TRAIN = 'train'  # Item of a training step holding what resuming needs beyond params.
+
+
+class TrainCheckpoints:
+  """A training run's checkpoints: <workdir>/checkpoints/<step>/{params, model, train}.
+
+  Saves asynchronously every `every` steps (and when forced), keeps the newest `keep`, and
+  restores the newest readable step; works on local and gs:// paths.
+  """
+
+  def __init__(self, directory, model: ipt.IPT, *, every: int, keep: int):
+    self._model_config = ipt.to_config(model)
+    self._manager = ocp.CheckpointManager(
+        epath.Path(directory),
+        options=ocp.CheckpointManagerOptions(
+            # Every `every` steps (and when forced: at the end, on pre-emption), no more.
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
+            max_to_keep=keep, enable_async_checkpointing=True),
+        item_names=(PARAMS, MODEL, TRAIN))
+
+  def save(self, step: int, state, *, force: bool = False) -> bool:
+    """Starts saving `state` (a train.TrainState) as `step` when due or forced."""
+    return self._manager.save(step, force=force, args=ocp.args.Composite(**{
+        PARAMS: ocp.args.StandardSave(state.params),
+        MODEL: ocp.args.JsonSave(self._model_config),
+        TRAIN: ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state})}))
+
+  def restore_latest(self, abstract_state, shardings):
+    """The newest readable state (shaped and sharded as given), or None when there is none.
+
+    A step that cannot be read (damaged, half-copied) is reported, moved aside as
+    `unreadable_<step>` and the previous one is tried.
+    """
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          abstract_state, shardings)
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardRestore(target.params),
+            TRAIN: ocp.args.StandardRestore({'step': target.step,
+                                             'opt_state': target.opt_state})}))
+      except Exception as e:  # Any damage: fall back to the previous step.
+        logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); using the previous '
+                        'one.', step, self._manager.directory, type(e).__name__, e)
+        self._set_aside(step)
+        continue
+      logging.info('Restored checkpoint step %d from %s.', step, self._manager.directory)
+      return abstract_state.replace(params=restored[PARAMS], **restored[TRAIN])
+    return None
+
+  def _set_aside(self, step: int):
+    if jax.process_index() == 0:
+      source = epath.Path(self._manager.directory) / str(step)
+      source.rename(source.parent / f'unreadable_{step}')
+    self._manager.reload()
+
+  def close(self):
+    """Waits for pending saves and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+class PreemptionWatcher:
+  """Tells the training loop when to save and stop: on SIGTERM, or on a TPU pre-emption notice.
+
+  With several processes, JAX's distributed runtime receives the notice (SIGTERM included)
+  and all processes agree on the step; a single process handles SIGTERM itself.
+  """
+
+  def __init__(self):
+    self._signalled = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint at the end of this step.')
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled

@@ -1,0 +1,105 @@
+"""Devices, meshes and shardings: one place for everything multi-device and multi-host.
+
+The mesh has two axes: `data` (batch parallel) and `fsdp` (the batch is split over it too,
+and large parameters and their optimiser moments are sharded over it). With the default
+fsdp=1 training is plain data parallelism with replicated parameters.
+"""
+import os
+
+from absl import logging
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+BATCH_AXES = ('data', 'fsdp')
+FSDP_MIN_SIZE = 2**18  # Arrays with fewer elements stay replicated under fsdp.
+
+# Environment that tells a run it is one of several processes (see `initialize`).
+_EXPLICIT_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
+
+
+def initialize(mode: str = 'auto'):
+  """Starts `jax.distributed` when this run spans several processes.
+
+  mode 'on': always (multi-host Cloud TPU slices: JAX reads the topology from the TPU VM).
+  mode 'auto': when the environment shows several processes: explicit
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, a SLURM job step with
+    SLURM_NTASKS > 1 or an Open MPI job with more than one rank (JAX detects the rest).
+  mode 'off': never.
+  """
+  if mode not in ('auto', 'on', 'off'):
+    raise ValueError(f"distributed must be 'auto', 'on' or 'off', got {mode!r}.")
+  explicit = {name: os.environ.get(name) for name in _EXPLICIT_ENV}
+  if mode == 'off':
+    return
+  if explicit['JAX_COORDINATOR_ADDRESS']:
+    missing = [name for name, value in explicit.items() if not value]
+    if missing:
+      raise ValueError(f'JAX_COORDINATOR_ADDRESS is set but {", ".join(missing)} is not: set all '
+                       f'of {", ".join(_EXPLICIT_ENV)} on every process.')
+    jax.distributed.initialize(explicit['JAX_COORDINATOR_ADDRESS'],
+                               int(explicit['JAX_NUM_PROCESSES']),
+                               int(explicit['JAX_PROCESS_ID']))
+  elif mode == 'on' or _several_processes_launched():
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices.',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+def _several_processes_launched() -> bool:
+  count = lambda name: int(os.environ.get(name, '1'))
+  return count('SLURM_NTASKS') > 1 or count('OMPI_COMM_WORLD_SIZE') > 1
+
+
+def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
+  """A ('data', 'fsdp') mesh over `devices` (default: every device of every process)."""
+  devices = devices or jax.devices()
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f'mesh.fsdp={fsdp} must be a positive divisor of the {len(devices)} '
+                     'devices.')
+  # Auto axes: XLA propagates shardings through the model (no per-op annotations needed).
+  return jax.make_mesh((len(devices) // fsdp, fsdp), BATCH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh):
+  """The global batch must split evenly over every device of the mesh."""
+  if global_batch_size % mesh.size:
+    raise ValueError(f'The global batch size {global_batch_size} does not divide over '
+                     f'{mesh.size} devices; choose a multiple of {mesh.size}.')
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over all devices."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def param_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+  """Shards a large array over `fsdp` along its largest divisible dimension."""
+  fsdp = mesh.shape['fsdp']
+  if fsdp == 1 or np.prod(shape) < FSDP_MIN_SIZE:
+    return replicated(mesh)
+  for dim in np.argsort(shape)[::-1]:
+    if shape[dim] % fsdp == 0:
+      spec = [None] * len(shape)
+      spec[dim] = 'fsdp'
+      return NamedSharding(mesh, P(*spec))
+  return replicated(mesh)
+
+
+def tree_shardings(mesh: Mesh, abstract_tree):
+  """`param_sharding` for every array of a pytree of shapes (params, optimiser state)."""
+  return jax.tree.map(lambda x: param_sharding(mesh, tuple(x.shape)), abstract_tree)
+
+
+def global_batch(mesh: Mesh, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Host-local numpy arrays (this process's share of the batch) -> global jax.Arrays."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}

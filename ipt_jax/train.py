@@ -1,0 +1,292 @@
+"""Train state, train step and the training loop shared by pre-training and fine-tuning.
+
+One jitted step per task (the task is static): only that task's head, tail and query
+embedding take part, and only they and the shared body are updated, with Adam moments and
+bias corrections kept per task as in PyTorch, where parameters without a gradient are
+skipped. Non-finite steps are skipped and counted; too many in a row stop the run.
+"""
+from collections.abc import Callable
+import functools
+import sys
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ipt_jax import checkpoint
+from ipt_jax import losses
+from ipt_jax import metrics as metrics_lib
+from ipt_jax import parallel
+from ipt_jax import tasks as tasks_lib
+from ipt_jax.models import ipt
+
+SHARED = 'shared'  # Optimiser group of the parameters every task trains.
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: optax.OptState
+
+
+def build_model(config: ml_collections.ConfigDict) -> ipt.IPT:
+  """The IPT of `config.model` (a preset name plus field overrides) for `config.data.tasks`."""
+  fields = dict(config.model)
+  preset = fields.pop('preset')
+  if preset not in ipt.PRESETS:
+    raise ValueError(f'Unknown model preset {preset!r}; choose one of {", ".join(ipt.PRESETS)}.')
+  return ipt.from_config({**ipt.PRESETS[preset], **fields, 'tasks': tuple(config.data.tasks)})
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+  """config.total_steps, or num_epochs over num_train_images at the global batch size."""
+  if config.get('total_steps'):
+    return config.total_steps
+  return int(np.ceil(config.num_epochs * config.num_train_images / config.data.batch_size))
+
+
+def learning_rate(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
+  """Cosine annealing from optimizer.lr to optimizer.end_lr, after an optional warm-up."""
+  opt = config.optimizer
+  return optax.warmup_cosine_decay_schedule(
+      init_value=opt.lr if not opt.warmup_steps else 0., peak_value=opt.lr,
+      warmup_steps=opt.warmup_steps, decay_steps=max(steps, opt.warmup_steps + 1),
+      end_value=opt.end_lr)
+
+
+def param_groups(params, model_tasks) -> Any:
+  """The optimiser group of every parameter: its task's name, or SHARED."""
+  def group(path, _):
+    names = [getattr(k, 'key', str(k)) for k in path]
+    return ipt.task_of_param(names, model_tasks) or SHARED
+  return jax.tree_util.tree_map_with_path(group, params)
+
+
+def _only_when_active(inner: optax.GradientTransformation, group: str):
+  """Runs `inner` for the shared group and the step's task; leaves other tasks untouched."""
+  def update(updates, state, params=None, *, active_task: str, **unused):
+    if group in (SHARED, active_task):
+      return inner.update(updates, state, params)
+    return jax.tree.map(jnp.zeros_like, updates), state
+  return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, model: ipt.IPT,
+                   schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
+  """Adam (per task group) with gradient clipping and the schedule, skipping non-finite steps.
+
+  `update` takes the step's task name as the extra argument `active_task`.
+  """
+  opt = config.optimizer
+  adam = lambda: optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  groups = {g: _only_when_active(adam(), g) for g in (SHARED, *model.tasks)}
+  tx = optax.chain(
+      optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip else optax.identity(),
+      optax.partition(groups, functools.partial(param_groups, model_tasks=model.tasks)),
+      optax.scale_by_learning_rate(schedule))
+  # Never apply a non-finite update: the loop stops after config.max_nonfinite_steps.
+  return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
+
+
+def create_train_state(model: ipt.IPT, tx: optax.GradientTransformation, mesh, *, seed: int,
+                       params=None) -> TrainState:
+  """A sharded TrainState at step 0, from fresh parameters or the given ones."""
+  def init(params):
+    if params is None:
+      params = model.init_params(jax.random.key(seed))
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
+  shardings = state_shardings(mesh, jax.eval_shape(init, params))
+  return jax.jit(init, out_shardings=shardings)(params)
+
+
+def state_shardings(mesh, abstract_state: TrainState) -> TrainState:
+  return parallel.tree_shardings(mesh, abstract_state)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ipt.IPT,
+               tx: optax.GradientTransformationExtraArgs, task: int, schedule: optax.Schedule,
+               loss_config: ml_collections.ConfigDict, seed: int):
+  """One optimisation step on a batch of `task` ({'lq', 'hq'} uint8 NHWC)."""
+  # Randomness is a function of (seed, step): a resumed run draws the same numbers.
+  patch_rng, dropout_rng = jax.random.split(jax.random.fold_in(jax.random.key(seed), state.step))
+  lq = batch['lq'].astype(jnp.float32)
+  hq = batch['hq'].astype(jnp.float32)
+
+  def loss_fn(params):
+    out, features = model.apply({'params': params}, lq, task=task, train=True,
+                                return_features=True, rngs={'dropout': dropout_rng})
+    l1 = losses.l1(out, hq)
+    contrastive = jnp.zeros([], jnp.float32)
+    if loss_config.contrastive_weight:
+      patches = losses.sample_patches(features, patch_rng, loss_config.contrastive_patches)
+      contrastive = losses.patch_contrastive(patches, loss_config.temperature)
+    return l1 + loss_config.contrastive_weight * contrastive, {'l1': l1,
+                                                                 'contrastive': contrastive}
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                 active_task=model.tasks[task])
+  params = optax.apply_updates(state.params, updates)
+  step_metrics = {
+      'loss': loss, **aux, 'grad_norm': optax.tree.norm(grads),
+      'learning_rate': schedule(state.step),
+      'nonfinite_in_a_row': opt_state.notfinite_count,
+      'skipped_steps': opt_state.total_notfinite,
+  }
+  return TrainState(state.step + 1, params, opt_state), step_metrics
+
+
+def make_train_steps(model, tx, schedule, config, mesh, abstract_state) -> dict[int, Callable]:
+  """A jitted, state-donating train step per task index (compiled on first use)."""
+  shardings = state_shardings(mesh, abstract_state)
+  batch_shardings = {'lq': parallel.batch_sharding(mesh), 'hq': parallel.batch_sharding(mesh)}
+  return {task: jax.jit(
+      functools.partial(train_step, model=model, tx=tx, task=task, schedule=schedule,
+                        loss_config=config.loss, seed=config.seed),
+      in_shardings=(shardings, batch_shardings),
+      out_shardings=(shardings, parallel.replicated(mesh)),
+      donate_argnums=0) for task in range(len(model.tasks))}
+
+
+def make_eval_step(model: ipt.IPT, task: int):
+  """Model output (float32, unclipped) for a batch of lq inputs of `task`."""
+  return jax.jit(lambda params, lq: model.apply({'params': params}, lq.astype(jnp.float32),
+                                                task=task).astype(jnp.float32))
+
+
+def evaluate(model, params, eval_steps, eval_batches, mesh) -> tuple[dict, dict]:
+  """Y-PSNR per task on held-out crops, and (input | output | target) sample images."""
+  scalars, images = {}, {}
+  for task, name in enumerate(model.tasks):
+    lq, hq = eval_batches[name]['lq'], eval_batches[name]['hq']
+    lq_global = jax.make_array_from_process_local_data(parallel.replicated(mesh), lq)
+    out = metrics_lib.quantise(eval_steps[task](params, lq_global).addressable_data(0))
+    task_info = tasks_lib.get(name)
+    scalars[f'val/psnr_{name}'] = float(np.mean(
+        metrics_lib.psnr_y(out, hq, metrics_lib.border_shave(task_info))))
+    scale = task_info.scale
+    upsampled = np.repeat(np.repeat(lq[:4], scale, axis=1), scale, axis=2)
+    images[f'val/{name}'] = np.concatenate([upsampled, out[:4], hq[:4]], axis=2).astype(np.uint8)
+  return scalars, images
+
+
+class NonFiniteError(ValueError):
+  pass
+
+
+def _check_finite(nonfinite_in_a_row, step: int, limit: int):
+  count = int(nonfinite_in_a_row)
+  if count >= limit:
+    raise NonFiniteError(
+        f'{count} non-finite losses or gradients in a row (up to step {step}); their updates '
+        'were skipped and training stops. Lower the learning rate or check the data, then '
+        'run again to resume from the last checkpoint.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       model: ipt.IPT | None = None, init_params=None) -> TrainState:
+  """Trains `model` (default: `build_model(config)`) and returns the final state.
+
+  Resumes from the newest readable checkpoint in <workdir>/checkpoints. `init_params`
+  (fine-tuning) are only used when there is no checkpoint yet.
+  """
+  # TensorFlow (input pipeline, TensorBoard) is imported here only, so that the model and
+  # the train step above run where TensorFlow is not installed.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from ipt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+
+  model = model or build_model(config)
+  mesh = parallel.make_mesh(config.mesh.fsdp)
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  steps = total_steps(config)
+  schedule = learning_rate(config, steps)
+  tx = make_optimizer(config, model, schedule)
+  state = create_train_state(model, tx, mesh, seed=config.seed, params=init_params)
+  abstract_state = jax.eval_shape(lambda s: s, state)
+  checkpoints = checkpoint.TrainCheckpoints(
+      f'{workdir}/checkpoints', model, every=config.checkpoint_every,
+      keep=config.keep_checkpoints)
+  state = checkpoints.restore_latest(abstract_state, state_shardings(mesh, abstract_state)) or state
+  start = int(state.step)
+  logging.info('Training %s from step %d to %d on %d devices (mesh %s); %s parameters.',
+               ', '.join(model.tasks), start, steps, mesh.size, dict(mesh.shape),
+               f'{ipt.count_params(state.params):,}')
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start == 0:
+    writer.write_hparams(_flat_hparams(config))
+  train_steps = make_train_steps(model, tx, schedule, config, mesh, abstract_state)
+  eval_steps = {t: make_eval_step(model, t) for t in range(len(model.tasks))}
+  eval_batches = pipeline.make_eval_batches(config.data, num_examples=config.eval.num_examples,
+                                            seed=config.seed)
+  batches = pipeline.make_train_iterator(config.data, seed=config.seed, start_step=start,
+                                         process_index=jax.process_index(),
+                                         process_count=jax.process_count())
+  preemption = checkpoint.PreemptionWatcher()
+  progress = tqdm.tqdm(total=steps, initial=start, unit='step', dynamic_ncols=True,
+                       disable=jax.process_index() > 0 or not sys.stderr.isatty())
+  window_start, window_steps, per_task = time.perf_counter(), 0, {}
+  step, nonfinite_in_a_row = start, 0
+  try:
+    while step < steps:
+      batch = next(batches)
+      task = int(batch['task'])
+      state, step_metrics = train_steps[task](
+          state, parallel.global_batch(mesh, {'lq': batch['lq'], 'hq': batch['hq']}))
+      # The previous step's counter: reading it keeps the device busy with this step.
+      _check_finite(nonfinite_in_a_row, step, config.max_nonfinite_steps)
+      nonfinite_in_a_row = step_metrics['nonfinite_in_a_row']
+      step += 1
+      window_steps += 1
+      per_task.setdefault(model.tasks[task], []).append(step_metrics['loss'])
+      progress.update()
+
+      if step % config.log_every == 0 or step == steps:
+        logged = jax.device_get(step_metrics)
+        elapsed = time.perf_counter() - window_start
+        scalars = {k: float(v) for k, v in logged.items()}
+        scalars.update({f'loss_{t}': float(np.mean(jax.device_get(v)))
+                        for t, v in per_task.items()})
+        scalars['images_per_sec'] = window_steps * config.data.batch_size / elapsed
+        scalars['step_time'] = elapsed / window_steps
+        writer.write_scalars(step, scalars)
+        progress.set_postfix(loss=f'{scalars["loss"]:.3f}')
+        window_start, window_steps, per_task = time.perf_counter(), 0, {}
+
+      if step % config.eval_every == 0 or step == steps:
+        scalars, images = evaluate(model, state.params, eval_steps, eval_batches, mesh)
+        writer.write_scalars(step, scalars)
+        writer.write_images(step, images)
+        logging.info('Step %d: %s', step, ', '.join(f'{k} {v:.2f}' for k, v in scalars.items()))
+
+      preempted = preemption.reached(step)
+      checkpoints.save(step, state, force=step == steps or preempted)
+      if preempted:
+        logging.warning('Pre-empted: saved step %d. Run the same command again to resume.', step)
+        break
+    _check_finite(nonfinite_in_a_row, step, config.max_nonfinite_steps)
+  finally:
+    checkpoints.close()
+    writer.flush()
+    progress.close()
+  return state
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = {}
+  def visit(prefix, node):
+    for key, value in node.items():
+      if isinstance(value, (dict, ml_collections.ConfigDict)):
+        visit(f'{prefix}{key}.', value)
+      else:
+        flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  visit('', config)
+  return flat

@@ -1,0 +1,183 @@
+"""The train step: per-task updates, per-task Adam, learning, non-finite guards, sharding."""
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.data
+
+from configs import quickstart
+from ipt_jax import parallel
+from ipt_jax import train
+
+TASKS = ('sr_x2', 'denoise_30')
+
+
+def small_config(**overrides):
+  config = quickstart.get_config()
+  config.data.tasks = TASKS
+  config.data.batch_size = 4
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+class Trainer:
+  """A tiny two-task IPT with its optimiser and jitted steps on a mesh."""
+
+  def __init__(self, config, mesh=None, params=None):
+    self.config = config
+    self.model = train.build_model(config)
+    self.mesh = mesh or parallel.make_mesh()
+    self.schedule = train.learning_rate(config, 100)
+    self.tx = train.make_optimizer(config, self.model, self.schedule)
+    self.state = train.create_train_state(self.model, self.tx, self.mesh, seed=0, params=params)
+    self.steps = train.make_train_steps(self.model, self.tx, self.schedule, config, self.mesh,
+                                        jax.eval_shape(lambda s: s, self.state))
+
+  def step(self, task, batch):
+    self.state, metrics = self.steps[task](self.state, parallel.global_batch(self.mesh, batch))
+    return jax.device_get(metrics)
+
+  def snapshot(self):
+    return jax.device_get(self.state)
+
+
+def make_batch(task, seed=0, size=4):
+  """Crops of a photo: (2x subsampled, crop) for sr_x2, (noisy, clean) for denoise_30."""
+  scale = (2, 1)[task]
+  rng = np.random.default_rng(seed)
+  photo, crop = skimage.data.astronaut(), 48 * scale
+  corners = rng.integers(0, photo.shape[0] - crop, (size, 2))
+  hq = np.stack([photo[y:y + crop, x:x + crop] for y, x in corners])
+  lq = hq[:, ::scale, ::scale] if scale > 1 else np.clip(
+      hq + rng.normal(0, 30, hq.shape), 0, 255).astype(np.uint8)
+  return {'lq': np.ascontiguousarray(lq), 'hq': hq}
+
+
+@pytest.fixture(scope='module')
+def trainer():
+  return Trainer(small_config())
+
+
+def _adam(state, group):
+  return state.opt_state.inner_state[1].inner_states[group].inner_state
+
+
+def _same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_only_the_steps_task_and_the_body_are_updated(trainer):
+  for _ in range(2):
+    trainer.step(1, make_batch(1))
+  after_denoise = trainer.snapshot()
+  for seed in range(3):
+    trainer.step(0, make_batch(0, seed))
+  after_sr = trainer.snapshot()
+  p0, p1 = after_denoise.params, after_sr.params
+  for name in ('head_denoise_30', 'tail_denoise_30'):
+    assert _same(p0[name], p1[name]), name
+  assert _same(p0['body']['query_embed_denoise_30'], p1['body']['query_embed_denoise_30'])
+  assert _same(_adam(after_denoise, 'denoise_30'), _adam(after_sr, 'denoise_30'))
+  for name in ('head_sr_x2', 'tail_sr_x2'):
+    assert not _same(p0[name], p1[name]), name
+  assert not _same(p0['body']['query_embed_sr_x2'], p1['body']['query_embed_sr_x2'])
+  assert not _same(p0['body']['encoder_0'], p1['body']['encoder_0'])
+  # Bias correction counts the steps each group took part in, as PyTorch's per-parameter Adam.
+  assert int(_adam(after_sr, 'shared').count) == 5
+  assert int(_adam(after_sr, 'sr_x2').count) == 3
+  assert int(_adam(after_sr, 'denoise_30').count) == 2
+  assert int(after_sr.step) == 5
+
+
+def test_loss_falls_on_a_fixed_batch():
+  trainer = Trainer(small_config())
+  batch = make_batch(0)
+  losses = [trainer.step(0, batch)['loss'] for _ in range(25)]
+  assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_non_finite_steps_are_skipped_and_counted(trainer):
+  before = trainer.snapshot()
+  params = jax.tree.map(np.array, before.params)
+  params['head_sr_x2']['conv_in']['kernel'][0, 0, 0, 0] = np.nan
+  broken = Trainer(small_config(), params=params)
+  for expected in (1, 2):
+    metrics = broken.step(0, make_batch(0))
+    assert not np.isfinite(metrics['loss'])
+    assert metrics['nonfinite_in_a_row'] == expected and metrics['skipped_steps'] == expected
+  after = broken.snapshot()
+  assert int(after.step) == 2  # The data moves on; the parameters do not.
+  assert _same(after.params['body'], params['body'])
+
+
+def test_training_stops_after_too_many_non_finite_steps_in_a_row(tmp_path):
+  config = small_config(max_nonfinite_steps=3, total_steps=8, log_every=100, eval_every=100,
+                        checkpoint_every=100)
+  model = train.build_model(config)
+  params = jax.tree.map(lambda p: np.full(p.shape, np.nan, p.dtype),
+                        jax.eval_shape(model.init_params, jax.random.key(0)))
+  with pytest.raises(train.NonFiniteError, match=r'3 non-finite losses or gradients in a row '
+                                                 r'.*Lower the learning rate'):
+    train.train_and_evaluate(config, str(tmp_path), init_params=params)
+
+
+def test_learning_rate_follows_the_paper_schedule():
+  config = small_config()
+  config.optimizer.lr, config.optimizer.end_lr = 5e-5, 2e-5
+  schedule = train.learning_rate(config, 1000)
+  np.testing.assert_allclose([schedule(0), schedule(500), schedule(1000)], [5e-5, 3.5e-5, 2e-5],
+                             rtol=1e-6)
+
+
+def test_total_steps_from_epochs():
+  config = small_config(total_steps=None, num_epochs=3, num_train_images=1000)
+  assert train.total_steps(config) == 750
+
+
+def test_unknown_preset_is_a_clear_error():
+  config = small_config()
+  config.model.preset = 'giant'
+  with pytest.raises(ValueError, match="Unknown model preset 'giant'"):
+    train.build_model(config)
+
+
+def test_batch_must_divide_over_devices():
+  with pytest.raises(ValueError, match='global batch size 6 does not divide over 4 devices'):
+    parallel.check_batch_size(6, type('Mesh', (), {'size': 4})())
+
+
+SHARDED = textwrap.dedent('''
+    import jax, numpy as np
+    from ipt_jax import parallel, train
+    parallel.FSDP_MIN_SIZE = 1000  # Shard the tiny model's larger arrays too.
+    from tests.test_train import Trainer, make_batch, small_config
+    config = small_config()
+    params = train.build_model(config).init_params(jax.random.key(0))
+    runs = {}
+    for name, fsdp, devices in (('one', 1, jax.devices()[:1]), ('data4', 1, None),
+                                ('fsdp2', 2, None)):
+      trainer = Trainer(config, parallel.make_mesh(fsdp, devices), params)
+      losses = [trainer.step(0, make_batch(0, seed))['loss'] for seed in range(3)]
+      runs[name] = losses, trainer.snapshot().params
+    sharded = jax.tree.leaves(trainer.state.params)
+    assert any(len(x.sharding.device_set) == 4 and not x.sharding.is_fully_replicated
+               for x in sharded), 'fsdp did not shard any parameter'
+    for name in ('data4', 'fsdp2'):
+      np.testing.assert_allclose(runs[name][0], runs['one'][0], rtol=1e-5)
+      # Adam turns reduction-order noise in near-zero gradients into steps of up to lr (1e-3).
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                   runs[name][1], runs['one'][1])
+    print('ok')
+''')
+
+
+def test_four_devices_train_as_one():
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run([sys.executable, '-c', SHARDED], capture_output=True, text=True,
+                          env={**__import__('os').environ, **env})
+  assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-3000:]
