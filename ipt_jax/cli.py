@@ -1,5 +1,8 @@
-"""What every command-line entry point shares: expected failures as one line, exit code 1."""
+"""What the command-line entry points share: expected failures printed as one line with exit
+code 1, and files written whole or not at all."""
 from collections.abc import Callable
+import os
+import pathlib
 import sys
 
 import logging
@@ -30,3 +33,14 @@ class _OwnInfoOnly(logging.Filter):
 
   def filter(self, record):
     return record.levelno >= logging.WARNING or '/ipt_jax/' in record.pathname
+
+
+def write_atomically(path, write: Callable[[str], None]):
+  """Calls write(temporary path) beside `path`, then renames it to `path`: never half-written."""
+  path = pathlib.Path(path)
+  temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  try:
+    write(os.fspath(temporary))
+    os.replace(temporary, path)
+  finally:
+    temporary.unlink(missing_ok=True)

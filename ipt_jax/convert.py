@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 from absl import flags
@@ -302,20 +301,15 @@ def write_state_dict(state_dict: Mapping[str, Any], path):
     raise ValueError(f'Unknown output format {path.name!r}: use a .pt, .pth or .safetensors name, '
                      'or a directory name for a Flax params checkpoint.')
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-  os.close(fd)
-  try:
-    if path.suffix == '.safetensors':
-      from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
-      st.save_file({k: np.ascontiguousarray(_to_numpy(v)) for k, v in state_dict.items()}, tmp)
-    else:
-      import torch  # pylint: disable=g-import-not-at-top
-      torch.save({k: v if hasattr(v, 'detach') else torch.tensor(np.asarray(v))
-                  for k, v in state_dict.items()}, tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  if path.suffix == '.safetensors':
+    from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
+    arrays = {k: np.ascontiguousarray(_to_numpy(v)) for k, v in state_dict.items()}
+    cli.write_atomically(path, lambda tmp: st.save_file(arrays, tmp))
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    tensors = {k: v if hasattr(v, 'detach') else torch.tensor(np.asarray(v))
+               for k, v in state_dict.items()}
+    cli.write_atomically(path, lambda tmp: torch.save(tensors, tmp))
 
 
 def convert(input_path, output_path, *, tasks: Sequence[str] | None = None, **model_overrides):

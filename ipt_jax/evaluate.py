@@ -1,0 +1,295 @@
+"""Benchmark tables with the official IPT evaluation protocol.
+
+  python -m ipt_jax.evaluate --checkpoint=IPT_pretrain.pt --task=sr_x2,sr_x3,sr_x4 \
+      --data_dir=benchmark --sets=Set5,Set14,B100,Urban100
+  python -m ipt_jax.evaluate --model=bicubic --task=sr_x4 --data_dir=benchmark --sets=Set5,Set14
+
+The protocol (docs/ipt_reference.md): outputs are quantised (clamped to [0, 255], rounded); PSNR
+and SSIM are measured on Y of YCbCr, shaving `scale` px off every border for SR and nothing for
+denoising and deraining; whole images go through the model by `--tiling=official` (the official
+forward_chop; 'fast' for quicker, slightly different numbers). The inputs (`data.benchmarks`):
+  * SR (EDSR layout): HR cropped to a multiple of the scale. `--lr=files` (the default) reads
+    LR_bicubic/X<s>/<name>x<s>.png where present, as the official loader, and makes the others
+    with MATLAB-bicubic of HR rounded to uint8; `--lr=generated` always makes them so. The
+    bicubic baseline (`--model=bicubic`: MATLAB-bicubic up by the scale) uses the same inputs as
+    the models; on Set5 and Set14 either choice moves it by less than 0.01 dB.
+  * Denoising (e.g. CBSD68, Urban100): clip(HR + sigma N(0, 1), 0, 255), noise seeded by image
+    name and `--seed`. Deraining: Rain100L pairs rain-XXX.png / norain-XXX.png.
+`--sets` defaults to the paper's sets of the task's kind.
+
+Prints a markdown table (task x set: PSNR, SSIM, images/s of restoring alone, compilation
+excluded) and writes `<output_dir>/results.json` (the settings, per-set and per-image numbers);
+`--save_images` also writes the quantised outputs as `<output_dir>/<task>/<set>/<name>.png`.
+Every file is written to a temporary name, then renamed. `--output_dir` defaults to
+`eval/<model>_<tasks>[_fast][_x8][_bfloat16]` in the working directory, <model> being 'bicubic'
+or the checkpoint's name.
+"""
+from collections.abc import Callable, Sequence
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+from absl import flags
+import jax
+import numpy as np
+from PIL import Image
+import tqdm
+
+from ipt_jax import cli
+from ipt_jax import metrics
+from ipt_jax import restore
+from ipt_jax import tasks as tasks_lib
+from ipt_jax.data import benchmarks
+from ipt_jax.data import degrade
+
+MODELS = ('ipt', 'bicubic')
+LR_SOURCES = ('files', 'generated')
+DEFAULT_SETS = {'sr': ('Set5', 'Set14', 'B100', 'Urban100'),
+                'denoise': ('CBSD68', 'Urban100'),
+                'derain': ('Rain100L',)}
+_LAYOUTS = {
+    'sr': '<data_dir>/<Set>/HR/<name>.png, optionally with '
+          '<data_dir>/<Set>/LR_bicubic/X<scale>/<name>x<scale>.png (the EDSR layout)',
+    'denoise': '<data_dir>/<Set>/HR/<name>.png (clean images; the noise is added here)',
+    'derain': '<data_dir>/<Set>/.../rain-XXX.png with norain-XXX.png beside it or one folder '
+              'up (the Rain100L layout)',
+}
+
+# Restores one benchmark input: [h, w, 3] in [0, 255] -> [h*s, w*s, 3], not yet quantised.
+Method = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What to evaluate and how; the command-line flags of the same names."""
+  tasks: tuple[str, ...]
+  data_dir: str
+  sets: tuple[str, ...] | None = None  # None: DEFAULT_SETS of each task's kind.
+  model: str = 'ipt'
+  checkpoint: str | None = None
+  model_tasks: tuple[str, ...] | None = None  # Head names of a PyTorch checkpoint (--tasks).
+  num_heads: int | None = None
+  dtype: str = 'float32'
+  tiling: str = 'official'
+  overlap: int = 10
+  tile_batch: int = 64
+  self_ensemble: bool = False
+  lr: str = 'files'
+  seed: int = 0
+  output_dir: str | None = None  # None: default_output_dir(self).
+  save_images: bool = False
+
+  @property
+  def resolved_output_dir(self) -> pathlib.Path:
+    return pathlib.Path(self.output_dir) if self.output_dir else default_output_dir(self)
+
+  def sets_for(self, task: tasks_lib.Task) -> tuple[str, ...]:
+    return self.sets or DEFAULT_SETS[task.kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageScore:
+  name: str
+  psnr: float
+  ssim: float
+  seconds: float  # Restoring alone.
+
+
+@dataclasses.dataclass(frozen=True)
+class SetScore:
+  """The scores of one task on one benchmark set."""
+  task: str
+  set_name: str
+  images: tuple[ImageScore, ...]
+
+  @property
+  def psnr(self) -> float:
+    return float(np.mean([i.psnr for i in self.images]))
+
+  @property
+  def ssim(self) -> float:
+    return float(np.mean([i.ssim for i in self.images]))
+
+  @property
+  def images_per_second(self) -> float:
+    return len(self.images) / sum(i.seconds for i in self.images)
+
+  def to_json(self) -> dict:
+    return {'task': self.task, 'set': self.set_name, 'images': len(self.images),
+            'psnr': self.psnr, 'ssim': self.ssim, 'images_per_second': self.images_per_second,
+            'per_image': [dataclasses.asdict(i) for i in self.images]}
+
+
+def check_options(options: Options) -> list[tasks_lib.Task]:
+  """The tasks to evaluate, after checking what can be checked before loading anything."""
+  if options.model not in MODELS:
+    raise ValueError(f'Unknown --model={options.model!r}; use ipt (with --checkpoint) or '
+                     'bicubic (the SR baseline).')
+  if options.lr not in LR_SOURCES:
+    raise ValueError(f'Unknown --lr={options.lr!r}; use one of {", ".join(LR_SOURCES)}.')
+  if not options.tasks:
+    raise ValueError('Name the task(s) to evaluate, e.g. --task=sr_x4.')
+  tasks = [tasks_lib.get(name) for name in options.tasks]
+  if options.model == 'bicubic':
+    not_sr = [t.name for t in tasks if t.kind != 'sr']
+    if not_sr:
+      raise ValueError(f'--model=bicubic is the baseline of super-resolution tasks (sr_x2, '
+                       f'sr_x3, sr_x4, ...), not of {", ".join(not_sr)}.')
+  elif not options.checkpoint:
+    raise ValueError('--checkpoint is required (or --model=bicubic for the SR baseline).')
+  for task in tasks:
+    for set_name in options.sets_for(task):
+      check_set_folder(options.data_dir, set_name, task)
+  return tasks
+
+
+def check_set_folder(data_dir, set_name: str, task: tasks_lib.Task):
+  folder = pathlib.Path(data_dir) / set_name
+  if not folder.is_dir():
+    raise FileNotFoundError(f'Benchmark set folder {folder} does not exist (--data_dir='
+                            f'{data_dir}, set {set_name}); {task.name} expects '
+                            f'{_LAYOUTS[task.kind]}.')
+
+
+def bicubic(task: tasks_lib.Task) -> Method:
+  """The bicubic SR baseline: MATLAB imresize up by the scale."""
+  return lambda lq: degrade.imresize_np(lq, task.scale)
+
+
+def evaluate_set(method: Method, pairs: Sequence[benchmarks.Pair], task: tasks_lib.Task,
+                 set_name: str, *, image_dir: pathlib.Path | None = None) -> SetScore:
+  """Scores `method` on one set's pairs with the official protocol (quantised output, Y)."""
+  shave = metrics.border_shave(task)
+  scores = []
+  for pair in tqdm.tqdm(pairs, desc=f'{task.name} {set_name}', unit='image', leave=False,
+                        disable=None):
+    start = time.perf_counter()
+    output = metrics.quantise(method(pair.lq))
+    seconds = time.perf_counter() - start
+    scores.append(ImageScore(pair.name, float(metrics.psnr_y(output, pair.hq, shave)),
+                             float(metrics.ssim_y(output, pair.hq, shave)), seconds))
+    if image_dir:
+      restore.write_png(image_dir / f'{pair.name}.png', Image.fromarray(output.astype(np.uint8)))
+  return SetScore(task.name, set_name, tuple(scores))
+
+
+def methods(options: Options, tasks: Sequence[tasks_lib.Task]) -> tuple[list[Method], dict]:
+  """The method restoring each task, and a description of the model for the report."""
+  if options.model == 'bicubic':
+    return [bicubic(t) for t in tasks], {'model': 'bicubic'}
+  model, params = restore.load_model(options.checkpoint, tasks=options.model_tasks,
+                                     num_heads=options.num_heads, dtype=options.dtype)
+  restorers = [restore.make_restorer(model, params, t.name, mode=options.tiling,
+                                     overlap=options.overlap, tile_batch=options.tile_batch,
+                                     self_ensemble=options.self_ensemble) for t in tasks]
+  for restorer in restorers:  # Compile now, so that the timings measure restoring alone.
+    restorer(np.zeros((restorer.patch, restorer.patch, 3), np.float32))
+  return restorers, {'model': 'ipt', 'checkpoint': options.checkpoint,
+                     'model_tasks': list(model.tasks), 'num_heads': model.num_heads}
+
+
+def evaluate(options: Options) -> tuple[list[SetScore], dict]:
+  """Every (task, set) score, and the settings they were measured with."""
+  tasks = check_options(options)
+  task_methods, model_settings = methods(options, tasks)
+  scores = []
+  for task, method in zip(tasks, task_methods):
+    for set_name in options.sets_for(task):
+      pairs = benchmarks.load(options.data_dir, set_name, task,
+                              generate_lr=options.lr == 'generated', seed=options.seed)
+      image_dir = None
+      if options.save_images:
+        image_dir = options.resolved_output_dir / task.name / set_name
+        image_dir.mkdir(parents=True, exist_ok=True)
+      scores.append(evaluate_set(method, pairs, task, set_name, image_dir=image_dir))
+  return scores, settings(options, model_settings)
+
+
+def settings(options: Options, model_settings: dict) -> dict:
+  """What the numbers depend on, for the JSON report."""
+  applied = {**model_settings, 'tasks': list(options.tasks), 'data_dir': options.data_dir,
+             'sets': {t: list(options.sets_for(tasks_lib.get(t))) for t in options.tasks},
+             'lr': options.lr, 'seed': options.seed,
+             'protocol': 'quantised output; Y-PSNR and SSIM (Gaussian 11x11, sigma 1.5); '
+                         'shave = scale for SR, 0 for denoising and deraining'}
+  if options.model == 'ipt':
+    applied.update(dtype=options.dtype, tiling=options.tiling, tile_batch=options.tile_batch,
+                   self_ensemble=options.self_ensemble, device=jax.devices()[0].device_kind)
+    if options.tiling == 'fast':
+      applied['overlap'] = options.overlap
+  return applied
+
+
+def default_output_dir(options: Options) -> pathlib.Path:
+  """eval/<model>_<tasks>[_fast][_x8][_bfloat16], in the working directory."""
+  parts = [_checkpoint_name(options.checkpoint) if options.model == 'ipt' else 'bicubic',
+           '+'.join(options.tasks)]
+  if options.model == 'ipt':
+    parts += (['fast'] if options.tiling == 'fast' else []) + (
+        ['x8'] if options.self_ensemble else []) + (
+            [options.dtype] if options.dtype != 'float32' else [])
+  return pathlib.Path('eval') / '_'.join(parts)
+
+
+def _checkpoint_name(path: str) -> str:
+  """IPT_sr_x2.pt -> IPT_sr_x2; <workdir>/checkpoints/5000 -> <workdir>_5000."""
+  parts = [p for p in pathlib.PurePath(path).parts if p not in ('checkpoints', '/')] or ['ipt']
+  name = pathlib.PurePath(parts[-1]).stem
+  return f'{parts[-2]}_{name}' if name.isdigit() and len(parts) > 1 else name
+
+
+def markdown_table(scores: Sequence[SetScore]) -> str:
+  lines = ['| task | set | images | PSNR (dB) | SSIM | images/s |',
+           '| --- | --- | ---: | ---: | ---: | ---: |']
+  lines += [f'| {s.task} | {s.set_name} | {len(s.images)} | {s.psnr:.2f} | {s.ssim:.4f} | '
+            f'{s.images_per_second:.3g} |' for s in scores]
+  return '\n'.join(lines)
+
+
+def write_report(path, scores: Sequence[SetScore], applied_settings: dict):
+  report = {'settings': applied_settings, 'results': [s.to_json() for s in scores]}
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  cli.write_atomically(
+      path, lambda temporary: pathlib.Path(temporary).write_text(json.dumps(report, indent=1)))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f'Unexpected arguments {argv[1:]}; see --help.')
+  if not FLAGS.data_dir:
+    raise ValueError('--data_dir is required: the folder holding the benchmark sets.')
+  options = Options(
+      tasks=tuple(FLAGS.task or ()), data_dir=FLAGS.data_dir,
+      sets=tuple(FLAGS.sets) if FLAGS.sets else None, model=FLAGS.model,
+      checkpoint=FLAGS.checkpoint, model_tasks=FLAGS.tasks, num_heads=FLAGS.num_heads,
+      dtype=FLAGS.dtype, tiling=FLAGS.tiling, overlap=FLAGS.overlap,
+      tile_batch=FLAGS.tile_batch, self_ensemble=FLAGS.self_ensemble, lr=FLAGS.lr,
+      seed=FLAGS.seed, output_dir=FLAGS.output_dir, save_images=FLAGS.save_images)
+  scores, applied = evaluate(options)
+  applied['command'] = ' '.join(['python -m ipt_jax.evaluate'] + sys.argv[1:])
+  print(markdown_table(scores))
+  report_path = options.resolved_output_dir / 'results.json'
+  write_report(report_path, scores, applied)
+  print(f'\nWrote {report_path}')
+
+
+FLAGS = flags.FLAGS
+
+if __name__ == '__main__':
+  restore.define_model_flags(tiling='official')
+  flags.DEFINE_list('task', None, 'Task(s) to evaluate, e.g. sr_x4 or sr_x2,sr_x3,sr_x4; each '
+                    "one of the checkpoint's tasks.")
+  flags.DEFINE_enum('model', 'ipt', list(MODELS), "'ipt': the --checkpoint; 'bicubic': the SR "
+                    'baseline (no checkpoint).')
+  flags.DEFINE_string('data_dir', None, 'Folder holding the benchmark sets (e.g. Set5/HR/...).')
+  flags.DEFINE_list('sets', None, 'Benchmark sets; default: Set5,Set14,B100,Urban100 for SR, '
+                    'CBSD68,Urban100 for denoising, Rain100L for deraining.')
+  flags.DEFINE_enum('lr', 'files', list(LR_SOURCES), 'SR inputs: the LR_bicubic files where '
+                    'present (the others generated), or all generated from HR.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the denoising noise (with each image name).')
+  flags.DEFINE_string('output_dir', None, 'Folder for results.json and --save_images; default '
+                      'eval/<model>_<tasks>[_fast][_x8][_bfloat16].')
+  flags.DEFINE_bool('save_images', False, 'Also write the quantised outputs as PNGs.')
+  cli.run(main)
