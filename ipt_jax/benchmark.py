@@ -1,15 +1,24 @@
-"""Speed benchmarks.
+"""Speed benchmarks: the train step, whole-image inference and the input pipeline.
 
+  python -m ipt_jax.benchmark --what=train --preset=paper --task=sr_x2 --batch=256 --dtype=bfloat16
+  python -m ipt_jax.benchmark --what=infer --preset=paper --task=sr_x2 --image_size=256
   python -m ipt_jax.benchmark --what=input [--source=folder:/data/imagenet_jpegs]
 
-`--what=input`: training samples per second out of the input pipeline (decode,
-crop, augment, degrade, batch), in total and per CPU core. Without `--source` it
-reads a temporary folder of ImageNet-sized (500x375) JPEGs made from the
-scikit-image samples.
+`train` and `infer` run on synthetic on-device data and print images/s, step time, achieved
+TFLOP/s and MFU, peak device memory and compile time. FLOPs are counted analytically from
+the model's matrix multiplications and convolutions (`forward_flops`; the paper model's x2
+forward is 66.6 GFLOP per 48x48 image, a training step 3x that): XLA's cost analysis leaves
+out cuBLAS / cuDNN calls on GPUs. The optimiser and loss settings come from --config
+(configs/pretrain.py by default, any field overridable).
 
-This module imports without TensorFlow (accelerator machines may lack it);
-only the input benchmark loads it.
+`input`: training samples per second out of the input pipeline (decode, crop, augment,
+degrade, batch), in total and per CPU core. Without `--source` it reads a temporary folder
+of ImageNet-sized (500x375) JPEGs made from the scikit-image samples.
+
+This module imports and runs `train` and `infer` without TensorFlow (accelerator machines may
+lack it); only the input benchmark loads it.
 """
+import math
 import os
 import tempfile
 import time
@@ -17,21 +26,150 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
 
-_WHAT = flags.DEFINE_enum('what', 'input', ['input'], 'Which benchmark to run.')
+from ipt_jax import inference
+from ipt_jax import parallel
+from ipt_jax import tasks as tasks_lib
+from ipt_jax import train
+from ipt_jax.models import ipt
+
+_WHAT = flags.DEFINE_enum('what', 'train', ['train', 'infer', 'input'], 'Which benchmark to run.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/pretrain.py', 'Training config (optimiser, loss) for --what=train.')
+_PRESET = flags.DEFINE_enum('preset', 'paper', list(ipt.PRESETS), 'Model size.')
+_TASK = flags.DEFINE_string('task', 'sr_x2', 'The task whose head and tail run.')
+_DTYPE = flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Compute dtype.')
+_ATTENTION = flags.DEFINE_enum('attention_impl', None, ['xla', 'cudnn'],
+                               'jax.nn.dot_product_attention implementation (default: JAX picks).')
+_BATCH = flags.DEFINE_integer('batch', 256, 'Global batch (train, input) or tile batch (infer).')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (train, input) or images (infer).')
+_WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps first.')
+_PEAK = flags.DEFINE_float('peak_tflops', None, 'Peak dense TFLOP/s of one device for MFU '
+                           '(default: from the device kind, bfloat16).')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Infer: side of the square LR image.')
+_TILING = flags.DEFINE_enum('tiling', 'official', list(inference.MODES), 'Infer: tiling.')
 _SOURCE = flags.DEFINE_string(
     'source', None, 'Input benchmark: image source (see ipt_jax.data.sources); default: '
     'a temporary folder of 500x375 JPEGs.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Input benchmark: batch size.')
-_STEPS = flags.DEFINE_integer('steps', 100, 'Input benchmark: timed steps.')
-_WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 20,
-                                     'Input benchmark: untimed steps first (autotuning).')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 200,
                                    'Input benchmark: JPEGs in the generated folder.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 _IMAGENET_SIZE = (375, 500)  # Height, width: the most common ImageNet image size.
+# Dense bfloat16 TFLOP/s per device (vendor figures), by a substring of device_kind.
+PEAK_TFLOPS = {'H100': 989., 'H200': 989., 'A100': 312., 'TPU v4': 275., 'TPU v5 lite': 197.,
+               'TPU v5p': 459., 'TPU v6 lite': 918.}
+
+
+def forward_flops(model: ipt.IPT, task: int) -> int:
+  """FLOPs (2 per multiply-add) of the matmuls and convolutions of one image's forward pass."""
+  p, n, scale = model.patch_size, model.n_feats, model.scale(task)
+  conv = lambda size, k, c_in, c_out: 2 * size**2 * k * k * c_in * c_out
+  head = conv(p, 3, 3, n) + 4 * conv(p, 5, n, n)
+  tokens, dim, mlp = (p // model.patch_dim)**2, n * model.patch_dim**2, model.mlp_dim
+  projection = 2 * tokens * dim * dim
+  attention = 4 * projection + 2 * 2 * tokens**2 * dim  # q, k, v, out; scores and mixing.
+  ffn = 2 * 2 * tokens * dim * mlp
+  body = projection + model.num_layers * (attention + ffn) + model.num_layers * (
+      2 * attention + ffn) + ffn  # linear_encoding, encoder, decoder, mlp_head.
+  factors = [3] if scale == 3 else [2] * int(math.log2(scale))
+  tail, size = 0, p
+  for r in factors:
+    tail += conv(size, 3, n, n * r * r)
+    size *= r
+  tail += conv(size, 3, n, 3)
+  return head + body + tail
+
+
+def _peak_tflops(device) -> float | None:
+  if _PEAK.value:
+    return _PEAK.value
+  return next((v for k, v in PEAK_TFLOPS.items() if k in device.device_kind), None)
+
+
+def _peak_memory_gib(device) -> float | None:
+  stats = device.memory_stats()  # None on CPU.
+  return stats['peak_bytes_in_use'] / 2**30 if stats else None
+
+
+def _model() -> ipt.IPT:
+  return ipt.preset(_PRESET.value, tasks=(tasks_lib.get(_TASK.value).name,),
+                    dtype=jnp.dtype(_DTYPE.value), attention_impl=_ATTENTION.value)
+
+
+def _report(what: str, *, seconds: float, images: int, flops: float, compile_s: float,
+            unit: str):
+  device = jax.devices()[0]
+  tflops = flops / seconds / 1e12
+  peak = _peak_tflops(device)
+  memory = _peak_memory_gib(device)
+  print(f'{what} on {jax.device_count()} x {device.device_kind} ({_PRESET.value} model, '
+        f'{_TASK.value}, {_DTYPE.value}, attention {_ATTENTION.value or "default"}):')
+  print(f'  {images / seconds:,.1f} images/s, {seconds / _STEPS.value * 1e3:.1f} ms per {unit}')
+  print(f'  {tflops:.3g} TFLOP/s achieved' + (
+      f', MFU {tflops / (peak * jax.device_count()):.1%} of {peak:.0f} TFLOP/s per device'
+      if peak else ' (no peak known for this device: --peak_tflops for MFU)'))
+  print(f'  peak device memory {memory:.1f} GiB' if memory is not None else
+        '  peak device memory: not reported by this device')
+  print(f'  compile {compile_s:.1f} s')
+
+
+def benchmark_train() -> None:
+  config = _CONFIG.value
+  model = _model()
+  mesh = parallel.make_mesh(config.mesh.fsdp)
+  parallel.check_batch_size(_BATCH.value, mesh)
+  schedule = train.learning_rate(config, train.total_steps(config))
+  tx = train.make_optimizer(config, model, schedule)
+  state = train.create_train_state(model, tx, mesh, seed=_SEED.value)
+  step = train.make_train_steps(model, tx, schedule, config, mesh,
+                                jax.eval_shape(lambda s: s, state))[0]
+  scale = model.scale(0)
+  rng = np.random.default_rng(_SEED.value)
+  batch = parallel.global_batch(mesh, {
+      'lq': rng.integers(0, 256, (_BATCH.value, 48, 48, 3), np.uint8),
+      'hq': rng.integers(0, 256, (_BATCH.value, 48 * scale, 48 * scale, 3), np.uint8)})
+  start = time.perf_counter()
+  step = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(_WARMUP_STEPS.value):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(_STEPS.value):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = time.perf_counter() - start
+  images = _STEPS.value * _BATCH.value
+  _report(f'train step, batch {_BATCH.value}', seconds=seconds, images=images,
+          flops=3 * forward_flops(model, 0) * images, compile_s=compile_s, unit='step')
+
+
+def benchmark_infer() -> None:
+  model = _model()
+  params = jax.jit(model.init_params)(jax.random.key(_SEED.value))
+  restorer = inference.Restorer(model, params, 0, mode=_TILING.value, tile_batch=_BATCH.value)
+  image = np.random.default_rng(_SEED.value).integers(
+      0, 256, (_IMAGE_SIZE.value, _IMAGE_SIZE.value, 3)).astype(np.float32)
+  start = time.perf_counter()
+  restorer(image)  # Compiles the tile function.
+  compile_s = time.perf_counter() - start
+  for _ in range(_WARMUP_STEPS.value):
+    restorer(image)
+  start = time.perf_counter()
+  for _ in range(_STEPS.value):
+    restorer(image)
+  seconds = time.perf_counter() - start
+  tiles = restorer.num_tiles(_IMAGE_SIZE.value, _IMAGE_SIZE.value)
+  print(f'{tiles} tiles of 48x48 per {_IMAGE_SIZE.value}x{_IMAGE_SIZE.value} image '
+        f'({_TILING.value} tiling, tile batch {_BATCH.value})')
+  _report('whole-image inference', seconds=seconds, images=_STEPS.value,
+          flops=forward_flops(model, 0) * tiles * _STEPS.value, compile_s=compile_s,
+          unit='image')
 
 
 def write_jpeg_folder(folder: str, num_images: int, seed: int) -> None:
@@ -87,11 +225,11 @@ def benchmark_input() -> None:
     if source is None:
       write_jpeg_folder(folder, _NUM_IMAGES.value, _SEED.value)
       source = f'folder:{folder}'
-    rate, cpu_rate = input_throughput(source, batch_size=_BATCH_SIZE.value,
+    rate, cpu_rate = input_throughput(source, batch_size=_BATCH.value,
                                       steps=_STEPS.value, warmup_steps=_WARMUP_STEPS.value,
                                       seed=_SEED.value)
   logging.info('Input pipeline: %.0f samples/s, %.0f samples per CPU-second', rate, cpu_rate)
-  print(f'input pipeline ({source}, batch {_BATCH_SIZE.value}): {rate:.0f} samples/s in total, '
+  print(f'input pipeline ({source}, batch {_BATCH.value}): {rate:.0f} samples/s in total, '
         f'{rate / cores:.0f} samples/s per core ({cores} cores); {cpu_rate:.0f} samples per '
         'CPU-second')
 
@@ -99,7 +237,7 @@ def benchmark_input() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  {'input': benchmark_input}[_WHAT.value]()
+  {'train': benchmark_train, 'infer': benchmark_infer, 'input': benchmark_input}[_WHAT.value]()
 
 
 if __name__ == '__main__':

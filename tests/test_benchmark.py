@@ -1,0 +1,60 @@
+"""The speed benchmark commands, run tiny on the CPU, and the analytic FLOP count."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ipt_jax import benchmark
+from ipt_jax.models import ipt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs the benchmark module as a program with TensorFlow made unimportable.
+WITHOUT_TENSORFLOW = '''
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+      raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+sys.argv = ['benchmark'] + sys.argv[1:]
+runpy.run_module('ipt_jax.benchmark', run_name='__main__')
+'''
+
+
+def run(*args):
+  result = subprocess.run([sys.executable, '-c', WITHOUT_TENSORFLOW, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_paper_forward_flops_match_the_published_count():
+  model = ipt.preset('paper')
+  assert round(benchmark.forward_flops(model, 0) / 1e9, 1) == 66.6
+  assert benchmark.forward_flops(model, 2) > benchmark.forward_flops(model, 0) > (
+      benchmark.forward_flops(model, 3))
+
+
+@pytest.mark.parametrize('args,unit', [
+    (('--what=train', '--batch=4', '--steps=2', '--warmup_steps=1'), 'step'),
+    (('--what=infer', '--batch=8', '--steps=1', '--warmup_steps=0', '--image_size=60'), 'image'),
+])
+def test_train_and_infer_benchmarks_run_without_tensorflow(args, unit):
+  out = run(*args, '--preset=tiny', '--dtype=float32')
+  assert re.search(rf'[\d,.]+ images/s, [\d.]+ ms per {unit}', out), out
+  assert re.search(r'TFLOP/s achieved', out) and re.search(r'compile [\d.]+ s', out), out
+
+
+def test_input_benchmark_command():
+  result = subprocess.run(
+      [sys.executable, '-m', 'ipt_jax.benchmark', '--what=input', '--num_images=6',
+       '--batch=8', '--steps=3', '--warmup_steps=1'],
+      cwd=REPO, capture_output=True, text=True, check=True, timeout=300)
+  match = re.search(r'([\d.]+) samples/s in total, ([\d.]+) samples/s per core \((\d+) cores\)',
+                    result.stdout)
+  assert match, result.stdout + result.stderr
+  total, per_core, cores = float(match[1]), float(match[2]), int(match[3])
+  assert total > 0 and abs(per_core * cores - total) <= cores
