@@ -23,7 +23,6 @@ import os
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from ipt_jax import cli
 from ipt_jax import inference
 from ipt_jax import parallel
 from ipt_jax import tasks as tasks_lib
@@ -235,10 +235,9 @@ def benchmark_input() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.check_no_arguments(argv)
   {'train': benchmark_train, 'infer': benchmark_infer, 'input': benchmark_input}[_WHAT.value]()
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

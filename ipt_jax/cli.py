@@ -28,6 +28,12 @@ def run(main: Callable[[list[str]], None]):
   app.run(guarded)
 
 
+def check_no_arguments(argv: list[str]):
+  """Entry points take flags only."""
+  if len(argv) > 1:
+    raise ValueError(f'Unexpected arguments: {" ".join(argv[1:])} (flags are --name=value).')
+
+
 class _OwnInfoOnly(logging.Filter):
   """Keeps this project's INFO lines and everyone's warnings (orbax and jax log a lot)."""
 

@@ -329,8 +329,7 @@ def convert(input_path, output_path, *, tasks: Sequence[str] | None = None, **mo
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments {argv[1:]}; use --input=... --output=...')
+  cli.check_no_arguments(argv)
   if not FLAGS.input or not FLAGS.output:
     raise ValueError('Both --input and --output are required, e.g. '
                      '--input=IPT_pretrain.pt --output=ipt_pretrain (a params directory).')

@@ -256,8 +256,7 @@ def write_report(path, scores: Sequence[SetScore], applied_settings: dict):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments {argv[1:]}; see --help.')
+  cli.check_no_arguments(argv)
   if not FLAGS.data_dir:
     raise ValueError('--data_dir is required: the folder holding the benchmark sets.')
   options = Options(

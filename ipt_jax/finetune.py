@@ -64,12 +64,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> train.TrainStat
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {" ".join(argv[1:])}.')
-  config = FLAGS.config
-  parallel.initialize(config.distributed)
-  logging.info('Config:\n%s', config)
-  finetune(config, FLAGS.workdir)
+  cli.check_no_arguments(argv)
+  parallel.initialize(FLAGS.config.distributed)
+  finetune(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -203,6 +203,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from ipt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
 
+  logging.info('Config:\n%s', config)
+  logging.info('JAX %s on %s: process %d of %d, %d devices (%d local: %s).', jax.__version__,
+               jax.default_backend(), jax.process_index(), jax.process_count(),
+               jax.device_count(), jax.local_device_count(), jax.local_devices()[0].device_kind)
   model = model or build_model(config)
   mesh = parallel.make_mesh(config.mesh.fsdp)
   parallel.check_batch_size(config.data.batch_size, mesh)
@@ -281,12 +285,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  flat = {}
-  def visit(prefix, node):
-    for key, value in node.items():
-      if isinstance(value, (dict, ml_collections.ConfigDict)):
-        visit(f'{prefix}{key}.', value)
-      else:
-        flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
-  visit('', config)
-  return flat
+  """The config as TensorBoard hyperparameters: flat names, scalar values."""
+  flat = flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}

@@ -42,7 +42,8 @@ def scalars(workdir, tag) -> dict[int, float]:
   """The last value written for `tag` at each step, over all event files of `workdir`."""
   values = {}
   for path in sorted(pathlib.Path(workdir).glob('events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
+    for record in tf.data.TFRecordDataset(str(path)):
+      event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
         if value.tag == tag:
           values[event.step] = float(tf.make_ndarray(value.tensor))
@@ -75,8 +76,11 @@ def test_writes_checkpoints_events_and_validation(straight_run):
   assert sorted(losses) == list(range(1, STEPS + 1))
   assert all(np.isfinite(v) for v in losses.values())
   for tag in ('l1', 'contrastive', 'learning_rate', 'grad_norm', 'images_per_sec', 'step_time',
-              'skipped_steps', 'val/psnr_sr_x2', 'val/psnr_denoise_30'):
+              'skipped_steps', 'loss_sr_x2', 'loss_denoise_30'):
     assert scalars(straight_run, tag), tag
+  for task in ('sr_x2', 'denoise_30'):
+    psnr = scalars(straight_run, f'val/psnr_{task}')
+    assert psnr[STEPS] > psnr[STEPS // 2], (task, psnr)  # Validation PSNR rises.
   model, _ = checkpoint.load_params(straight_run)
   assert model.tasks == ('sr_x2', 'denoise_30')
 
