@@ -268,14 +268,15 @@ def _to_numpy(value) -> np.ndarray:
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
-  """The tensors of a .pt (read with weights_only=True) or .safetensors file, as numpy."""
-  path = pathlib.Path(path)
+  """The tensors of a .pt (read with weights_only=True) or .safetensors file (local or
+  gs://), as numpy."""
+  path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'{path} does not exist or is not a file.')
   if path.suffix == '.safetensors':
     from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
     try:
-      return dict(st.load_file(path))
+      return dict(st.load(path.read_bytes()))
     except Exception as e:  # safetensors raises several types for malformed files.
       raise ValueError(f'{path} is not a readable .safetensors file ({e}).') from e
   try:
@@ -284,7 +285,8 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     raise ImportError(f'Reading {path} needs PyTorch: pip install "ipt_jax[torch]" '
                       '(or convert it to .safetensors elsewhere).') from e
   try:
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    with path.open('rb') as f:
+      state = torch.load(f, map_location='cpu', weights_only=True)
   except Exception as e:  # Unpickling errors come in many types.
     raise ValueError(f'{path} is not a PyTorch checkpoint that torch.load(weights_only=True) '
                      f'can read ({type(e).__name__}: {str(e).split(". ")[0]}).') from e
