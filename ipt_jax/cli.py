@@ -8,7 +8,9 @@ import sys
 import logging
 
 from absl import app
+from absl import flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
 
 # Errors that mean "bad input or environment", reported without a traceback.
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
@@ -26,6 +28,14 @@ def run(main: Callable[[list[str]], None]):
       print(f'error: {message}', file=sys.stderr)
       sys.exit(1)
   app.run(guarded)
+
+
+def define_training_flags(config_help: str):
+  """--config (an ml_collections file, fields overridable) and --workdir, both required."""
+  config_flags.DEFINE_config_file('config', None, config_help, lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and '
+                      'TensorBoard events; running again resumes from it.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def check_no_arguments(argv: list[str]):

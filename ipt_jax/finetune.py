@@ -13,7 +13,6 @@ from absl import flags
 from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 
 from ipt_jax import checkpoint
 from ipt_jax import cli
@@ -70,11 +69,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Fine-tuning configuration file, with the '
-                                  'task after a colon: configs/finetune.py:sr_x2.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and '
-                      'TensorBoard events.')
-  flags.mark_flags_as_required(['config', 'workdir'])
+  cli.define_training_flags('Fine-tuning configuration file, with the task after a colon: '
+                            'configs/finetune.py:sr_x2.')
   FLAGS = flags.FLAGS
   cli.run(main)

@@ -7,7 +7,6 @@ Any config field can be overridden, e.g. --config.data.batch_size=512. Running t
 command again resumes from the newest checkpoint in <workdir>/checkpoints.
 """
 from absl import flags
-from ml_collections import config_flags
 
 from ipt_jax import cli
 from ipt_jax import parallel
@@ -21,10 +20,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and '
-                      'TensorBoard events.')
-  flags.mark_flags_as_required(['config', 'workdir'])
+  cli.define_training_flags('Training configuration file.')
   FLAGS = flags.FLAGS
   cli.run(main)

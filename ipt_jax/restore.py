@@ -22,7 +22,7 @@ still restored; the exit status is then 1. Outputs are written to a temporary na
 so no half-written PNG is left behind. `--tiling` defaults to 'fast' (blended tiles, several
 times fewer than 'official', which reproduces the official forward_chop for benchmarks).
 """
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import dataclasses
 import os
 import pathlib
