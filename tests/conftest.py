@@ -19,3 +19,15 @@ def shared_path(*parts: str) -> pathlib.Path:
   if not path.exists():
     pytest.skip(f'{path} is not available (../shared is only on developer and CI machines)')
   return path
+
+
+# Python code that makes TensorFlow unimportable in the process running it: prepended to
+# `python -c` programs that check what runs without TensorFlow (the GPU machines lack it).
+BLOCK_TENSORFLOW = """
+import importlib.abc, sys
+class _BlockTensorFlow(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+      raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, _BlockTensorFlow())
+"""

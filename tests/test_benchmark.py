@@ -8,17 +8,13 @@ import pytest
 
 from ipt_jax import benchmark
 from ipt_jax.models import ipt
+from tests.conftest import BLOCK_TENSORFLOW
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs the benchmark module as a program with TensorFlow made unimportable.
-WITHOUT_TENSORFLOW = '''
-import importlib.abc, runpy, sys
-class Block(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path, target=None):
-    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
-      raise ImportError('blocked ' + name)
-sys.meta_path.insert(0, Block())
+WITHOUT_TENSORFLOW = BLOCK_TENSORFLOW + '''
+import runpy
 sys.argv = ['benchmark'] + sys.argv[1:]
 runpy.run_module('ipt_jax.benchmark', run_name='__main__')
 '''

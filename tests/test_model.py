@@ -9,6 +9,7 @@ import pytest
 
 from ipt_jax import tasks
 from ipt_jax.models import ipt
+from tests.conftest import BLOCK_TENSORFLOW
 
 
 @pytest.fixture(scope='module')
@@ -122,13 +123,7 @@ def test_bfloat16_compute_stays_close_to_float32(tiny):
 
 
 def test_the_accelerator_side_imports_without_tensorflow():
-  code = '''
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path, target=None):
-    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
-      raise ImportError('blocked ' + name)
-sys.meta_path.insert(0, Block())
+  code = BLOCK_TENSORFLOW + '''
 for name in ('models.ipt', 'losses', 'metrics', 'inference', 'train', 'convert', 'parallel',
              'checkpoint', 'benchmark', 'data.benchmarks'):
   __import__('ipt_jax.' + name)
