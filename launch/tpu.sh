@@ -4,11 +4,15 @@
 # walks through a complete run.
 #
 # Every cloud action is one `gcloud` command; --dry_run prints those commands, shell-quoted, one
-# per line, instead of running them. All flags are checked before the first command runs.
+# per line, instead of running them (launch/common.sh). All flags are checked before the first
+# command runs.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-readonly ROOT
+readonly ROOT SCRIPT_NAME=tpu.sh
+# die, quote_cmd, run_or_print (the --dry_run convention), check_module_config.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$ROOT/launch/common.sh"
 # What `setup` copies to the workers: what `pip install -e .` needs, and the configs a job reads.
 CODE=(setup.py README.md ipt_jax configs)
 # On every worker, relative to the home directory (where ssh commands start): the code, the job's
@@ -47,7 +51,7 @@ Every subcommand takes (defaults from the environment; flags win):
   --name=NAME        TPU name ($IPT_TPU_NAME)                  required
   --zone=ZONE        e.g. us-central2-b ($IPT_TPU_ZONE)        required
   --project=PROJECT  ($IPT_TPU_PROJECT; else gcloud's default project)
-  --dry_run          print the gcloud commands instead of running them
+  --dry_run          print the gcloud commands, shell-quoted, one per line; run nothing
 
 --accelerator defaults to $IPT_TPU_ACCELERATOR (e.g. v4-32, v5litepod-16, v6e-8); --version
 to the runtime recommended for that TPU generation; --config to configs/pretrain.py for the
@@ -56,49 +60,19 @@ default module ipt_jax.main (ipt_jax.finetune needs one: --config=configs/finetu
 EOF
 }
 
-die() {
-  echo "tpu.sh: error: $*" >&2
-  echo "Run 'launch/tpu.sh --help' for usage." >&2
-  exit 2
-}
-
 # Is word $1 in the space-separated list $2?
 in_list() {
   [[ " $2 " == *" $1 "* ]]
 }
 
-# One word quoted for a POSIX shell, exactly as Python's shlex.quote quotes it.
-quote() {
-  local LC_ALL=C safe='^[A-Za-z0-9_@%+=:,./-]+$' q="'\"'\"'"
-  if [[ $1 =~ $safe ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/$q}"
-  fi
-}
-
-# A command line that a shell splits back into exactly these words.
-quote_cmd() {
-  local word line=''
-  for word in "$@"; do
-    line+="${line:+ }$(quote "$word")"
-  done
-  printf '%s\n' "$line"
-}
-
-# Runs gcloud with these arguments (echoing the command to stderr), or with --dry_run prints it.
-run_gcloud() {
-  if ((DRY_RUN)); then
-    quote_cmd gcloud "$@"
-  else
-    echo "+ $(quote_cmd gcloud "$@")" >&2
-    gcloud "$@"
-  fi
+# Runs `gcloud compute tpus ARGUMENTS...` (echoed to stderr first), or with --dry_run prints it.
+gcloud_tpus() {
+  run_or_print gcloud compute tpus "$@"
 }
 
 # Runs shell command $2 over ssh on worker $1 (a number, or "all" for every worker at once).
 on_workers() {
-  run_gcloud compute tpus tpu-vm ssh "$NAME" "${WHERE[@]}" --worker="$1" --command="$2"
+  gcloud_tpus tpu-vm ssh "$NAME" "${WHERE[@]}" --worker="$1" --command="$2"
 }
 
 # The flags each subcommand accepts: values (--flag=VALUE) and switches (--flag).
@@ -134,12 +108,13 @@ parse_flags() {
       --*=*)
         flag=${arg%%=*}
         flag=${flag#--}
+        ! in_list "$flag" "$(switch_flags "$SUB")" || die "--$flag takes no value (got $arg)"
         in_list "$flag" "$(value_flags "$SUB")" || die "unknown flag for '$SUB': --$flag"
-        set_value "$flag" "${arg#*=}" ;;
+        set_flag "$flag" "${arg#*=}" ;;
       --*)
         flag=${arg#--}
         if in_list "$flag" "$(switch_flags "$SUB")"; then
-          set_switch "$flag"
+          set_flag "$flag" 1
         elif in_list "$flag" "$(value_flags "$SUB")"; then
           die "--$flag needs a value: --$flag=VALUE"
         else
@@ -150,32 +125,10 @@ parse_flags() {
   done
 }
 
-set_value() {
-  case $1 in
-    name) NAME=$2 ;;
-    zone) ZONE=$2 ;;
-    project) PROJECT=$2 ;;
-    accelerator) ACCELERATOR=$2 ;;
-    version) VERSION=$2 ;;
-    repo) REPO=$2 ;;
-    branch) BRANCH=$2 ;;
-    workdir) WORKDIR=$2 ;;
-    data_dir) DATA_DIR=$2 ;;
-    module) MODULE=$2 ;;
-    config) CONFIG=$2 ;;
-    worker) WORKER=$2 ;;
-    lines) LINES=$2 ;;
-  esac
-}
-
-set_switch() {
-  case $1 in
-    dry_run) DRY_RUN=1 ;;
-    spot) SPOT=1 ;;
-    preemptible) PREEMPTIBLE=1 ;;
-    queued) QUEUED=1 ;;
-    follow) FOLLOW=1 ;;
-  esac
+# Sets the variable of flag $1, which is the flag's name in capitals (--data_dir: DATA_DIR), to $2
+# (a switch: 1).
+set_flag() {
+  printf -v "$(tr '[:lower:]' '[:upper:]' <<<"$1")" '%s' "$2"
 }
 
 # Checks --accelerator and sets MULTI_HOST. A type is GENERATION-SIZE; the slices of size 8 or
@@ -213,10 +166,10 @@ cmd_create() {
   fi
   if ((QUEUED)); then
     # The queued resource and the TPU VM it creates share the name.
-    run_gcloud compute tpus queued-resources create "$NAME" "${WHERE[@]}" --node-id="$NAME" \
+    gcloud_tpus queued-resources create "$NAME" "${WHERE[@]}" --node-id="$NAME" \
       --accelerator-type="$ACCELERATOR" --runtime-version="$VERSION" ${kind[@]+"${kind[@]}"}
   else
-    run_gcloud compute tpus tpu-vm create "$NAME" "${WHERE[@]}" \
+    gcloud_tpus tpu-vm create "$NAME" "${WHERE[@]}" \
       --accelerator-type="$ACCELERATOR" --version="$VERSION" ${kind[@]+"${kind[@]}"}
   fi
 }
@@ -230,7 +183,7 @@ cmd_setup() {
   else
     [[ -z $BRANCH ]] || die "--branch needs --repo"
     on_workers all "$NEED_IDLE; rm -rf $REMOTE_DIR && mkdir $REMOTE_DIR"
-    run_gcloud compute tpus tpu-vm scp "${CODE[@]/#/$ROOT/}" "$NAME:$REMOTE_DIR" "${WHERE[@]}" \
+    gcloud_tpus tpu-vm scp "${CODE[@]/#/$ROOT/}" "$NAME:$REMOTE_DIR" "${WHERE[@]}" \
       --worker=all --recurse
   fi
   # Into the user's site-packages (the TPU VM images have no virtualenv), with a current pip
@@ -246,11 +199,7 @@ cmd_run() {
     die "--workdir must be on GCS (gs://...) for the multi-host slice $ACCELERATOR, so that" \
       "every worker writes the same checkpoints and can resume from them (got '$WORKDIR')"
   fi
-  if [[ -z $CONFIG ]]; then
-    [[ $MODULE == ipt_jax.main ]] ||
-      die "--module=$MODULE needs --config (e.g. --config=configs/finetune.py:sr_x2)"
-    CONFIG=configs/pretrain.py
-  fi
+  check_module_config
   # -u: unbuffered, so that the log shows every line as soon as it is written.
   local program=(python3 -u -m "$MODULE" --config="$CONFIG" --workdir="$WORKDIR")
   # One JAX process per host; jax.distributed finds the others from the TPU VM metadata.
@@ -278,10 +227,10 @@ cmd_logs() {
 
 cmd_status() {
   if ((QUEUED)); then
-    run_gcloud compute tpus queued-resources describe "$NAME" "${WHERE[@]}" \
+    gcloud_tpus queued-resources describe "$NAME" "${WHERE[@]}" \
       --format='table(name.basename(),state.state)'
   fi
-  run_gcloud compute tpus tpu-vm describe "$NAME" "${WHERE[@]}" \
+  gcloud_tpus tpu-vm describe "$NAME" "${WHERE[@]}" \
     --format='table(name.basename(),acceleratorType,state,health)'
   on_workers all "if $IS_RUNNING; then echo \"\$(hostname): running (pid \$(cat $PID))\";\
  else echo \"\$(hostname): not running\"; fi"
@@ -296,9 +245,9 @@ cmd_stop() {
 cmd_delete() {
   if ((QUEUED)); then
     # --force: also the TPU VM that the queued resource holds.
-    run_gcloud compute tpus queued-resources delete "$NAME" "${WHERE[@]}" --force
+    gcloud_tpus queued-resources delete "$NAME" "${WHERE[@]}" --force
   else
-    run_gcloud compute tpus tpu-vm delete "$NAME" "${WHERE[@]}"
+    gcloud_tpus tpu-vm delete "$NAME" "${WHERE[@]}"
   fi
 }
 

