@@ -1,7 +1,7 @@
 """Fine-tuning a pre-trained IPT on one task, as in the paper: 30 epochs at 2e-5.
 
   python -m ipt_jax.finetune --config=configs/finetune.py:sr_x2 \
-      --config.init=gs://bucket/ipt/checkpoints --workdir=gs://bucket/ipt_sr_x2
+      --config.checkpoint=gs://bucket/ipt --workdir=gs://bucket/ipt_sr_x2
 
 The argument after ':' is the task: one of the checkpoint's (its head, tail and task
 embedding are kept, the others dropped) or a new one such as denoise_15 or sr_x8 (a fresh
@@ -16,12 +16,12 @@ from configs import pretrain
 def get_config(arg=None):
   task = arg or 'sr_x2'
   config = pretrain.get_config()
-  # A pre-training checkpoint (workdir, checkpoints dir or step), a params directory from
-  # ipt_jax.convert, or an official PyTorch .pt / .safetensors file.
-  config.init = ''
+  # The weights to start from, as --checkpoint of the other commands: a pre-training
+  # checkpoint (workdir, checkpoints dir or step), a params directory from ipt_jax.convert,
+  # or an official PyTorch .pt / .safetensors file.
+  config.checkpoint = ''
   # Head order of a .pt checkpoint without the six pre-training heads, e.g. "('sr_x2',)".
-  config.init_tasks = config_dict.placeholder(tuple)
-  config.init_num_heads = config_dict.placeholder(int)  # Of a .pt checkpoint (default 12).
+  config.checkpoint_tasks = config_dict.placeholder(tuple)
 
   config.data.source = 'tfds:div2k/bicubic_x2:train'  # Only the 'hr' images are used.
   config.data.val_source = 'tfds:div2k/bicubic_x2:validation'
@@ -30,8 +30,10 @@ def get_config(arg=None):
   config.data.batch_size = 64
   config.data.shuffle_buffer = 800
 
-  # Sizes come from the checkpoint; these fields apply on top.
+  # Sizes come from the checkpoint; these fields apply on top. num_heads: that of a .pt
+  # checkpoint (not visible in its shapes; default 12).
   del config.model.preset
+  config.model.num_heads = config_dict.placeholder(int)
   # EDSR / the official IPT code count an epoch as 1000 steps (--test_every).
   config.total_steps = 30 * 1000
   config.optimizer.lr = 2e-5

@@ -2,34 +2,59 @@
 
   python -m ipt_jax.main --config=configs/pretrain.py --workdir=gs://bucket/ipt \
       --config.data.data_dir=gs://bucket/tensorflow_datasets
+
+Every knob of the project has its default here (configs are data: they import no library
+module); any field can be overridden on the command line as --config.FIELD=VALUE.
 """
 import ml_collections
+from ml_collections import config_dict
 
-from ipt_jax import tasks
-from ipt_jax.data import pipeline
+# The six pre-training tasks in the official head / tail / task-embedding order.
+PRETRAIN_TASKS = ('sr_x2', 'sr_x3', 'sr_x4', 'denoise_30', 'denoise_50', 'derain')
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """The input pipeline (ipt_jax.data.pipeline)."""
+  data = ml_collections.ConfigDict()
+  # Clean images: 'tfds:<name>[:<split>]', 'folder:<path>' or 'samples[:<split>]'.
+  data.source = 'tfds:imagenet2012:train'
+  # Held-out images for evaluation during training.
+  data.val_source = 'tfds:imagenet2012:validation'
+  data.data_dir = config_dict.placeholder(str)  # TFDS data_dir (local or gs://); unset: TFDS's.
+  data.image_key = 'image'  # The TFDS image feature, e.g. 'hr' for div2k.
+  data.shuffle_buffer = 10_000  # TFDS records shuffled per epoch (encoded, ~110 KB each).
+  # Tasks in the model's order (a batch's task index refers to it) and the probability of
+  # training each at a step (empty: equal).
+  data.tasks = PRETRAIN_TASKS
+  data.task_weights = ()
+  data.batch_size = 256  # Global: summed over hosts.
+  data.patch_size = 48  # The model's input size (checked against the model at start-up).
+  data.crops_per_image = 4  # Crops cut from each decoded image, to amortise decoding.
+  data.augment = True  # Random flips and rotations by multiples of 90 degrees.
+  # (low, high) ranges each image's rain streaks are drawn from; unset: the Rain100L-like
+  # defaults of ipt_jax.data.degrade.RainConfig, e.g. --config.data.rain.density=(0.01,0.02).
+  data.rain = ml_collections.ConfigDict({
+      name: config_dict.placeholder(tuple)
+      for name in ('density', 'length', 'width', 'angle', 'intensity')})
+  return data
 
 
 def get_config(arg=None):
   del arg
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.data = data_config()
 
-  config.data = pipeline.default_config()
-  config.data.source = 'tfds:imagenet2012:train'
-  config.data.val_source = 'tfds:imagenet2012:validation'
-  config.data.tasks = tasks.PRETRAIN_NAMES
-  config.data.batch_size = 256  # Global.
-  config.data.shuffle_buffer = 10_000
-
-  # A preset name plus any IPT field (ipt_jax/models/ipt.py). bfloat16 compute with float32
-  # parameters is the accelerator setting; use float32 on CPU.
+  # A preset name ('paper', 'small', 'tiny') plus any IPT field (ipt_jax/models/ipt.py).
+  # bfloat16 compute with float32 parameters is the accelerator setting; use float32 on CPU.
   config.model = ml_collections.ConfigDict(dict(
-      preset='paper', dtype='bfloat16', param_dtype='float32', attention_impl=None))
+      preset='paper', dtype='bfloat16', param_dtype='float32',
+      attention_impl=config_dict.placeholder(str)))  # 'cudnn' on NVIDIA GPUs.
 
   # Length: total_steps, or num_epochs over num_train_images at the global batch size.
   config.num_epochs = 300
   config.num_train_images = 1_281_167  # ImageNet-1k train.
-  config.total_steps = None
+  config.total_steps = config_dict.placeholder(int)
 
   config.optimizer = ml_collections.ConfigDict(dict(
       lr=5e-5, end_lr=2e-5, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
@@ -39,7 +64,9 @@ def get_config(arg=None):
       contrastive_patches=16))  # Patches sampled per image for the contrastive loss.
   config.max_nonfinite_steps = 10  # Non-finite steps in a row before training stops.
 
-  config.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  # Devices: data parallel, times `fsdp` devices sharding each parameter of at least
+  # fsdp_min_size_mb (and its Adam moments); smaller ones stay replicated.
+  config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size_mb=1.))
   config.distributed = 'auto'  # 'on' for multi-host Cloud TPU (see ipt_jax/parallel.py).
 
   config.log_every = 100

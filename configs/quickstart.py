@@ -10,7 +10,7 @@ from configs import pretrain
 
 def get_config(arg=None):
   config = pretrain.get_config(arg)
-  config.data.source = 'samples:train'
+  config.data.source = 'samples:train'  # 7 photos bundled with scikit-image.
   config.data.val_source = 'samples:validation'
   config.data.batch_size = 8
   config.data.shuffle_buffer = 64

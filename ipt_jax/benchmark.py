@@ -1,15 +1,16 @@
 """Speed benchmarks: the train step, whole-image inference and the input pipeline.
 
-  python -m ipt_jax.benchmark --what=train --preset=paper --task=sr_x2 --batch=256 --dtype=bfloat16
-  python -m ipt_jax.benchmark --what=infer --preset=paper --task=sr_x2 --image_size=256
-  python -m ipt_jax.benchmark --what=input [--source=folder:/data/imagenet_jpegs]
+  python -m ipt_jax.benchmark --what=train --config=configs/pretrain.py --preset=paper \
+      --tasks=sr_x2 --batch=256 --dtype=bfloat16
+  python -m ipt_jax.benchmark --what=infer --preset=paper --tasks=sr_x2 --image_size=256
+  python -m ipt_jax.benchmark --what=input --config=configs/pretrain.py [--source=folder:DIR]
 
 `train` and `infer` run on synthetic on-device data and print images/s, step time, achieved
 TFLOP/s and MFU, peak device memory and compile time. FLOPs are counted analytically from
 the model's matrix multiplications and convolutions (`forward_flops`; the paper model's x2
 forward is 66.6 GFLOP per 48x48 image, a training step 3x that): XLA's cost analysis leaves
-out cuBLAS / cuDNN calls on GPUs. The optimiser and loss settings come from --config
-(configs/pretrain.py by default, any field overridable).
+out cuBLAS / cuDNN calls on GPUs. The optimiser, loss and data settings come from --config
+(e.g. configs/pretrain.py, any field overridable).
 
 `input`: training samples per second out of the input pipeline (decode, crop, augment,
 degrade, batch), in total and per CPU core. Without `--source` it reads a temporary folder
@@ -26,11 +27,10 @@ import time
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 
 from ipt_jax import cli
+from ipt_jax import errors
 from ipt_jax import inference
 from ipt_jax import parallel
 from ipt_jax import tasks as tasks_lib
@@ -38,26 +38,25 @@ from ipt_jax import train
 from ipt_jax.models import ipt
 
 _WHAT = flags.DEFINE_enum('what', 'train', ['train', 'infer', 'input'], 'Which benchmark to run.')
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/pretrain.py', 'Training config (optimiser, loss) for --what=train.')
+_CONFIG = cli.config_flag()
 _PRESET = flags.DEFINE_enum('preset', 'paper', list(ipt.PRESETS), 'Model size.')
-_TASK = flags.DEFINE_string('task', 'sr_x2', 'The task whose head and tail run.')
-_DTYPE = flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Compute dtype.')
+_TASKS = cli.tasks_flag()
+_DTYPE = cli.dtype_flag()
 _ATTENTION = flags.DEFINE_enum('attention_impl', None, ['xla', 'cudnn'],
                                'jax.nn.dot_product_attention implementation (default: JAX picks).')
-_BATCH = flags.DEFINE_integer('batch', 256, 'Global batch (train, input) or tile batch (infer).')
+_BATCH = flags.DEFINE_integer('batch', 256, 'Global batch (train, input); infer: --tile_batch.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (train, input) or images (infer).')
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps first.')
 _PEAK = flags.DEFINE_float('peak_tflops', None, 'Peak dense TFLOP/s of one device for MFU '
                            '(default: from the device kind, bfloat16).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Infer: side of the square LR image.')
-_TILING = flags.DEFINE_enum('tiling', 'official', list(inference.MODES), 'Infer: tiling.')
 _SOURCE = flags.DEFINE_string(
     'source', None, 'Input benchmark: image source (see ipt_jax.data.sources); default: '
     'a temporary folder of 500x375 JPEGs.')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 200,
                                    'Input benchmark: JPEGs in the generated folder.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_SEED = cli.seed_flag()
+_INFERENCE = cli.inference_flags()
 
 _IMAGENET_SIZE = (375, 500)  # Height, width: the most common ImageNet image size.
 # Dense bfloat16 TFLOP/s per device (vendor figures), by a substring of device_kind.
@@ -97,8 +96,23 @@ def _peak_memory_gib(device) -> float | None:
 
 
 def _model() -> ipt.IPT:
-  return ipt.preset(_PRESET.value, tasks=(tasks_lib.get(_TASK.value).name,),
-                    dtype=jnp.dtype(_DTYPE.value), attention_impl=_ATTENTION.value)
+  return ipt.create(_PRESET.value, tasks=(_task(),), dtype=_DTYPE.value,
+                    attention_impl=_ATTENTION.value)
+
+
+def _config():
+  if _CONFIG.value is None:
+    raise errors.FlagError(f'--what={_WHAT.value} needs --config (optimiser, loss and data '
+                           'settings), e.g. --config=configs/pretrain.py.')
+  return _CONFIG.value
+
+
+def _task() -> str:
+  """The one task whose head and tail run."""
+  if not _TASKS.value or len(_TASKS.value) != 1:
+    raise errors.FlagError('--tasks: name the one task whose head and tail run, e.g. '
+                           '--tasks=sr_x2.')
+  return tasks_lib.get(_TASKS.value[0]).name
 
 
 def _report(what: str, *, seconds: float, images: int, flops: float, compile_s: float,
@@ -108,7 +122,7 @@ def _report(what: str, *, seconds: float, images: int, flops: float, compile_s: 
   peak = _peak_tflops(device)
   memory = _peak_memory_gib(device)
   print(f'{what} on {jax.device_count()} x {device.device_kind} ({_PRESET.value} model, '
-        f'{_TASK.value}, {_DTYPE.value}, attention {_ATTENTION.value or "default"}):')
+        f'{_task()}, {_DTYPE.value}, attention {_ATTENTION.value or "default"}):')
   print(f'  {images / seconds:,.1f} images/s, {seconds / _STEPS.value * 1e3:.1f} ms per {unit}')
   print(f'  {tflops:.3g} TFLOP/s achieved' + (
       f', MFU {tflops / (peak * jax.device_count()):.1%} of {peak:.0f} TFLOP/s per device'
@@ -119,20 +133,20 @@ def _report(what: str, *, seconds: float, images: int, flops: float, compile_s: 
 
 
 def benchmark_train() -> None:
-  config = _CONFIG.value
+  config = _config()
   model = _model()
   mesh = parallel.make_mesh(config.mesh.fsdp)
   parallel.check_batch_size(_BATCH.value, mesh)
   schedule = train.learning_rate(config, train.total_steps(config))
   tx = train.make_optimizer(config, model, schedule)
-  state = train.create_train_state(model, tx, mesh, seed=_SEED.value)
+  state = train.create_train_state(model, tx, mesh, config)
   step = train.make_train_steps(model, tx, schedule, config, mesh,
                                 jax.eval_shape(lambda s: s, state))[0]
-  scale = model.scale(0)
+  scale, patch = model.scale(0), model.patch_size
   rng = np.random.default_rng(_SEED.value)
   batch = parallel.global_batch(mesh, {
-      'lq': rng.integers(0, 256, (_BATCH.value, 48, 48, 3), np.uint8),
-      'hq': rng.integers(0, 256, (_BATCH.value, 48 * scale, 48 * scale, 3), np.uint8)})
+      'lq': rng.integers(0, 256, (_BATCH.value, patch, patch, 3), np.uint8),
+      'hq': rng.integers(0, 256, (_BATCH.value, patch * scale, patch * scale, 3), np.uint8)})
   start = time.perf_counter()
   step = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -152,7 +166,7 @@ def benchmark_train() -> None:
 def benchmark_infer() -> None:
   model = _model()
   params = jax.jit(model.init_params)(jax.random.key(_SEED.value))
-  restorer = inference.Restorer(model, params, 0, mode=_TILING.value, tile_batch=_BATCH.value)
+  restorer = inference.Restorer(model, params, 0, **_INFERENCE.restorer_args())
   image = np.random.default_rng(_SEED.value).integers(
       0, 256, (_IMAGE_SIZE.value, _IMAGE_SIZE.value, 3)).astype(np.float32)
   start = time.perf_counter()
@@ -165,8 +179,8 @@ def benchmark_infer() -> None:
     restorer(image)
   seconds = time.perf_counter() - start
   tiles = restorer.num_tiles(_IMAGE_SIZE.value, _IMAGE_SIZE.value)
-  print(f'{tiles} tiles of 48x48 per {_IMAGE_SIZE.value}x{_IMAGE_SIZE.value} image '
-        f'({_TILING.value} tiling, tile batch {_BATCH.value})')
+  print(f'{tiles} tiles of {model.patch_size}x{model.patch_size} per {_IMAGE_SIZE.value}x'
+        f'{_IMAGE_SIZE.value} image ({restorer.mode} tiling, tile batch {restorer.tile_batch})')
   _report('whole-image inference', seconds=seconds, images=_STEPS.value,
           flops=forward_flops(model, 0) * tiles * _STEPS.value, compile_s=compile_s,
           unit='image')
@@ -205,7 +219,7 @@ def input_throughput(source: str, *, batch_size: int, steps: int, warmup_steps: 
   """
   from ipt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  config = pipeline.default_config()
+  config = _config().data.copy_and_resolve_references()
   config.source = source
   config.batch_size = batch_size
   batches = pipeline.make_train_iterator(config, seed=seed)

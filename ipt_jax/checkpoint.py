@@ -6,8 +6,6 @@ enough to rebuild the model:
   <dir>/model    the IPT fields as JSON (`ipt.to_config`)
 A training run's `<workdir>/checkpoints/<step>` directories have this layout too.
 """
-from collections.abc import Sequence
-import os
 import signal
 
 from absl import logging
@@ -16,17 +14,17 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from ipt_jax import errors
 from ipt_jax.models import ipt
 
 PARAMS, MODEL = 'params', 'model'
-TORCH_SUFFIXES = ('.pt', '.pth', '.safetensors')
 
 
 def save_params(directory, model: ipt.IPT, params):
   """Writes params and the model config to a new `directory` (atomically: orbax renames)."""
   directory = epath.Path(directory)
   if directory.exists():
-    raise FileExistsError(f'{directory} already exists; choose a new output directory.')
+    raise errors.InputError(f'{directory} already exists; choose a new output directory.')
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     checkpointer.save(directory, ocp.args.Composite(**{
         PARAMS: ocp.args.StandardSave(params),
@@ -52,11 +50,11 @@ def step_dirs(root) -> list[epath.Path]:
   return sorted(steps, key=lambda p: int(p.name), reverse=True)
 
 
-def read_model(directory, **overrides) -> ipt.IPT:
+def read_model(directory) -> ipt.IPT:
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     config = checkpointer.restore(epath.Path(directory),
                                   ocp.args.Composite(**{MODEL: ocp.args.JsonRestore()}))[MODEL]
-  return ipt.from_config(config, **overrides)
+  return ipt.create(**config)
 
 
 def restore_params(directory, model: ipt.IPT, sharding: jax.sharding.Sharding | None = None):
@@ -66,44 +64,28 @@ def restore_params(directory, model: ipt.IPT, sharding: jax.sharding.Sharding | 
   return restored[PARAMS]
 
 
-def load_params(path, *, tasks: Sequence[str] | None = None,
-                sharding: jax.sharding.Sharding | None = None,
-                **model_overrides) -> tuple[ipt.IPT, dict]:
-  """(model, params) from any checkpoint path.
-
-  `path` is one of: an official PyTorch .pt / .pth or a .safetensors file (`tasks` and
-  `num_heads` as in `convert.from_torch`), a params directory written by
-  `python -m ipt_jax.convert`, one training checkpoint step, a training run's
-  `checkpoints` directory or its workdir (the newest readable step is used).
-  `model_overrides` replace model fields that do not change parameters (e.g. dtype).
-  """
+def newest_params_dir(path) -> epath.Path:
+  """The params directory that `path` names: itself, or the newest step of a training run
+  (`path` a step, a `checkpoints` directory or a workdir)."""
   path = epath.Path(path)
-  if path.suffix in TORCH_SUFFIXES:
-    from ipt_jax import convert  # pylint: disable=g-import-not-at-top  (convert imports this module)
-    model, params = convert.from_torch(os.fspath(path), tasks, **model_overrides)
-    return model, jax.device_put(params, sharding)
-  for candidate in _candidate_dirs(path):
-    try:
-      model = read_model(candidate, **model_overrides)
-      return model, restore_params(candidate, model, sharding)
-    except Exception as e:  # A damaged step: fall back to the previous one.
-      logging.warning('Could not read checkpoint %s (%s); trying an older one.', candidate, e)
-  raise ValueError(f'No readable IPT checkpoint at {path}: expected a .pt/.safetensors file, a '
-                   'params directory (from ipt_jax.convert), a checkpoint step, a checkpoints '
-                   'directory or a training workdir.')
-
-
-def _candidate_dirs(path: epath.Path) -> list[epath.Path]:
   if not path.exists():
-    raise FileNotFoundError(f'Checkpoint path {path} does not exist.')
+    raise errors.InputError(f'{path}: no such file or directory.')
   if is_params_dir(path):
-    return [path]
+    return path
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
-  return step_dirs(path) if path.is_dir() else []
+  steps = step_dirs(path) if path.is_dir() else []
+  if not steps:
+    raise errors.InputError(
+        f'{path}: not an IPT checkpoint. Expected an official .pt / .pth / .safetensors file, a '
+        'params directory (params/ and model/, from ipt_jax.convert), a training checkpoint '
+        'step, a checkpoints directory or a training workdir.')
+  return steps[0]
 
 
 TRAIN = 'train'  # Item of a training step holding what resuming needs beyond params.
+# Model fields a run may change when it resumes: how it computes, not what it learns.
+_COMPUTE_FIELDS = ('dtype', 'attention_impl', 'dropout_rate')
 
 
 class TrainCheckpoints:
@@ -131,33 +113,34 @@ class TrainCheckpoints:
         TRAIN: ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state})}))
 
   def restore_latest(self, abstract_state, shardings):
-    """The newest readable state (shaped and sharded as given), or None when there is none.
+    """The newest state (shaped and sharded as given), or None when there is none yet.
 
-    A step that cannot be read (damaged, half-copied) is reported, moved aside as
-    `unreadable_<step>` and the previous one is tried.
+    A step saved by another model config is an error naming the differing fields: resuming
+    it would mix two runs, and starting over would hide the user's checkpoints.
     """
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    self._check_model_config(step)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           abstract_state, shardings)
-    for step in sorted(self._manager.all_steps(), reverse=True):
-      try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardRestore(target.params),
-            TRAIN: ocp.args.StandardRestore({'step': target.step,
-                                             'opt_state': target.opt_state})}))
-      except Exception as e:  # Any damage: fall back to the previous step.
-        logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); using the previous '
-                        'one.', step, self._manager.directory, type(e).__name__, e)
-        self._set_aside(step)
-        continue
-      logging.info('Restored checkpoint step %d from %s.', step, self._manager.directory)
-      return abstract_state.replace(params=restored[PARAMS], **restored[TRAIN])
-    return None
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        PARAMS: ocp.args.StandardRestore(target.params),
+        TRAIN: ocp.args.StandardRestore({'step': target.step, 'opt_state': target.opt_state})}))
+    logging.info('Restored checkpoint step %d from %s.', step, self._manager.directory)
+    return abstract_state.replace(params=restored[PARAMS], **restored[TRAIN])
 
-  def _set_aside(self, step: int):
-    if jax.process_index() == 0:
-      source = epath.Path(self._manager.directory) / str(step)
-      source.rename(source.parent / f'unreadable_{step}')
-    self._manager.reload()
+  def _check_model_config(self, step: int):
+    saved = self._manager.restore(step, args=ocp.args.Composite(**{
+        MODEL: ocp.args.JsonRestore()}))[MODEL]
+    differing = [f'{k}: saved {saved.get(k)!r}, now {v!r}'
+                 for k, v in self._model_config.items()
+                 if k not in _COMPUTE_FIELDS and saved.get(k) != v]
+    if differing:
+      raise errors.InputError(
+          f'{self._manager.directory}/{step} was saved by another model config '
+          f'({"; ".join(differing)}); run with the config it was trained with to resume, or '
+          'give a new --workdir to start afresh.')
 
   def close(self):
     """Waits for pending saves and releases the manager."""

@@ -1,47 +1,157 @@
-"""What the command-line entry points share: expected failures printed as one line with exit
-code 1, and files written whole or not at all."""
-from collections.abc import Callable
-import os
-import pathlib
-import sys
+"""What the command-line entry points share: one flag vocabulary and one way to fail.
 
+Every idea has one flag name, type and default across all commands; a command asks for the
+flags it takes at module level (`checkpoint_flags()`, ...), and they become its own flags
+in `--help`. The training commands take the same ideas as config fields with the same leaf
+names (`--checkpoint` / `config.checkpoint`, `--num_heads` / `config.model.num_heads`, ...).
+
+`run(main)` is absl's `app.run` that prints an `errors.InputError` as one line
+`error: <message>` and exits with its code (2 for flag misuse); anything else is a bug and
+keeps its traceback.
+"""
+from collections.abc import Callable
+import dataclasses
+import functools
 import logging
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-# Errors that mean "bad input or environment", reported without a traceback.
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                   ImportError, KeyError)
+from ipt_jax import errors
+from ipt_jax import inference
+
+# Flags defined by the functions below belong to the module that calls them (its --help).
+flags.disclaim_key_flags()
+
+DTYPES = ('float32', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointFlags:
+  checkpoint: flags.FlagHolder
+  checkpoint_tasks: flags.FlagHolder
+  num_heads: flags.FlagHolder
+
+  def load_args(self) -> dict:
+    """Keyword arguments of `weights.load` besides the path."""
+    return dict(checkpoint_tasks=self.checkpoint_tasks.value, num_heads=self.num_heads.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceFlags:
+  dtype: flags.FlagHolder
+  tiling: flags.FlagHolder
+  overlap: flags.FlagHolder
+  tile_batch: flags.FlagHolder
+  self_ensemble: flags.FlagHolder
+
+  def restorer_args(self) -> dict:
+    """Keyword arguments of `inference.Restorer` besides model, params and task."""
+    return dict(mode=self.tiling.value, overlap=self.overlap.value,
+                tile_batch=self.tile_batch.value, self_ensemble=self.self_ensemble.value)
+
+
+@functools.cache
+def checkpoint_flags() -> CheckpointFlags:
+  """--checkpoint, --checkpoint_tasks, --num_heads: the weights to load."""
+  return CheckpointFlags(
+      flags.DEFINE_string(
+          'checkpoint', None, 'The weights: an official .pt / .pth / .safetensors file, a params '
+          'directory (ipt_jax.convert), a training checkpoint step, checkpoints directory or '
+          'workdir (its newest step).'),
+      flags.DEFINE_list(
+          'checkpoint_tasks', None, 'Task names of the heads of a PyTorch checkpoint, in head '
+          'order; needed unless it has the six pre-training heads.'),
+      flags.DEFINE_integer(
+          'num_heads', None, 'Attention heads of a PyTorch checkpoint (not visible in its '
+          'shapes; default 12, the paper\'s).', lower_bound=1))
+
+
+@functools.cache
+def tasks_flag() -> flags.FlagHolder:
+  """--tasks: the task(s) to run, by name."""
+  return flags.DEFINE_list('tasks', None, 'Task(s) to run, comma-separated, e.g. sr_x2 or '
+                           'sr_x2,sr_x3,sr_x4; each one of the model\'s tasks.')
+
+
+@functools.cache
+def inference_flags() -> InferenceFlags:
+  """--dtype, --tiling, --overlap, --tile_batch, --self_ensemble: how whole images run."""
+  return InferenceFlags(
+      dtype_flag(),
+      flags.DEFINE_enum(
+          'tiling', 'official', list(inference.MODES), "'official': the official forward_chop (the "
+          "published protocol); 'fast': tiles --overlap px apart with blended seams, several "
+          'times fewer and a little different.'),
+      flags.DEFINE_integer('overlap', inference.PAPER_OVERLAP, "Overlap of 'fast' tiles in pixels.",
+                           lower_bound=0),
+      flags.DEFINE_integer('tile_batch', inference.TILE_BATCH, 'Tiles per model call; lower it '
+                           'if memory runs out.', lower_bound=1),
+      flags.DEFINE_bool('self_ensemble', False, 'Average the 8 flips / transposes (8x slower).'))
+
+
+@functools.cache
+def dtype_flag() -> flags.FlagHolder:
+  return flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Compute dtype of the model '
+                           '(parameters stay float32); bfloat16 for accelerators.')
+
+
+@functools.cache
+def output_dir_flag() -> flags.FlagHolder:
+  return flags.DEFINE_string('output_dir', None, 'Folder for the outputs (created if needed).')
+
+
+@functools.cache
+def seed_flag() -> flags.FlagHolder:
+  return flags.DEFINE_integer('seed', 0, 'Random seed.')
+
+
+@functools.cache
+def config_flag() -> flags.FlagHolder:
+  """--config: an ml_collections config file, every field overridable as --config.FIELD=VALUE."""
+  return config_flags.DEFINE_config_file(
+      'config', None, 'Configuration file: configs/pretrain.py, configs/quickstart.py, '
+      'configs/finetune.py:<task>, ...; override any field with --config.FIELD=VALUE.',
+      lock_config=True)
+
+
+@functools.cache
+def workdir_flag() -> flags.FlagHolder:
+  return flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and '
+                             'TensorBoard events; running again resumes from it.')
 
 
 def run(main: Callable[[list[str]], None]):
-  """absl's app.run(main), printing expected errors in one line and exiting non-zero."""
+  """absl's app.run(main); bad input and bad flags are one line and a non-zero exit status."""
   def guarded(argv):
     absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())
     try:
       main(argv)
-    except EXPECTED_ERRORS as e:
-      message = ' '.join(str(e).split()) or type(e).__name__
-      print(f'error: {message}', file=sys.stderr)
-      sys.exit(1)
-  app.run(guarded)
+    except errors.InputError as e:
+      _fail(str(e), e.exit_code)
+  app.run(guarded, flags_parser=_parse_flags)
 
 
-def define_training_flags(config_help: str):
-  """--config (an ml_collections file, fields overridable) and --workdir, both required."""
-  config_flags.DEFINE_config_file('config', None, config_help, lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and '
-                      'TensorBoard events; running again resumes from it.')
-  flags.mark_flags_as_required(['config', 'workdir'])
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e} (see --help)', errors.FlagError.exit_code)
+
+
+def _fail(message: str, exit_code: int):
+  print(f'error: {" ".join(message.split())}', file=sys.stderr)
+  sys.exit(exit_code)
 
 
 def check_no_arguments(argv: list[str]):
-  """Entry points take flags only."""
+  """Entry points that take flags only."""
   if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {" ".join(argv[1:])} (flags are --name=value).')
+    raise errors.FlagError(f'unexpected arguments {" ".join(argv[1:])}: this command takes '
+                           'flags only (--name=value).')
 
 
 class _OwnInfoOnly(logging.Filter):
@@ -49,14 +159,3 @@ class _OwnInfoOnly(logging.Filter):
 
   def filter(self, record):
     return record.levelno >= logging.WARNING or '/ipt_jax/' in record.pathname
-
-
-def write_atomically(path, write: Callable[[str], None]):
-  """Calls write(temporary path) beside `path`, then renames it to `path`: never half-written."""
-  path = pathlib.Path(path)
-  temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  try:
-    write(os.fspath(temporary))
-    os.replace(temporary, path)
-  finally:
-    temporary.unlink(missing_ok=True)

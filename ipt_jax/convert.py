@@ -1,330 +1,41 @@
-"""Checkpoints in the official PyTorch IPT layout <-> Flax params, both ways, exactly.
+"""Converts checkpoints between the official PyTorch IPT layout and Flax params, exactly.
 
-  python -m ipt_jax.convert --input=IPT_pretrain.pt --output=DIR        # .pt -> params DIR
-  python -m ipt_jax.convert --input=DIR --output=model.pt               # back (or .safetensors)
-  python -m ipt_jax.convert --input=<workdir>/checkpoints --output=model.pt   # latest step
+  python -m ipt_jax.convert --checkpoint=IPT_pretrain.pt --output=DIR       # -> params DIR
+  python -m ipt_jax.convert --checkpoint=DIR --output=model.pt              # or .safetensors
+  python -m ipt_jax.convert --checkpoint=<workdir> --output=model.pt        # newest step
 
-A params DIR (written here or by training) is loaded with `ipt_jax.checkpoint.load_params`.
-Reading .pt needs torch (`pip install ipt_jax[torch]`); .safetensors only needs safetensors.
+`--checkpoint` is any checkpoint path (`ipt_jax.weights`); an `--output` ending in .pt, .pth or
+.safetensors gets the official state_dict (`ipt_jax.torch_layout`), any other name a params
+directory. Reading .pt needs torch (`pip install ipt_jax[torch]`); .safetensors only needs
+safetensors.
 """
-from collections.abc import Callable, Mapping, Sequence
-import dataclasses
-import math
-import os
-import pathlib
-from typing import Any
+from collections.abc import Sequence
 
 from absl import flags
 from etils import epath
-import jax
-import numpy as np
 
 from ipt_jax import checkpoint
 from ipt_jax import cli
-from ipt_jax import tasks as tasks_lib
+from ipt_jax import errors
+from ipt_jax import torch_layout
+from ipt_jax import weights
 from ipt_jax.models import ipt
 
-FlaxPath = tuple[str, ...]
+CHECKPOINT = cli.checkpoint_flags()
+OUTPUT = flags.DEFINE_string('output', None, 'A .pt / .pth / .safetensors file name (official '
+                             'layout), or a new directory name (Flax params + model config).')
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  """One official state_dict key and the Flax parameter(s) it holds."""
-  key: str
-  paths: tuple[FlaxPath, ...]  # Several for packed tensors (in_proj, query_embed).
-  kind: str  # 'conv', 'dense', 'copy', 'in_proj', 'query_embed' or 'buffer' (not trained).
-
-
-def _entries(model: ipt.IPT) -> list[_Entry]:
-  """The official key layout of `model`'s parameters, in state_dict order."""
-  out = []
-  add = lambda key, kind, *paths: out.append(_Entry(key, paths, kind))
-  for key in ('sub_mean.weight', 'sub_mean.bias', 'add_mean.weight', 'add_mean.bias'):
-    add(key, 'buffer')
-
-  def weight_bias(key, path, kind):
-    add(f'{key}.weight', kind, path + ('kernel',))
-    add(f'{key}.bias', 'copy', path + ('bias',))
-
-  for i, task in enumerate(model.tasks):
-    head = (f'head_{task}',)
-    weight_bias(f'head.{i}.0', head + ('conv_in',), 'conv')
-    for r in range(2):
-      for c in range(2):
-        weight_bias(f'head.{i}.{r + 1}.body.{2 * c}', head + (f'res_{r}', f'conv_{c}'), 'conv')
-
-  body = ('body',)
-  weight_bias('body.linear_encoding', body + ('linear_encoding',), 'dense')
-  weight_bias('body.mlp_head.0', body + ('mlp_head', 'fc1'), 'dense')
-  weight_bias('body.mlp_head.3', body + ('mlp_head', 'fc2'), 'dense')
-  add('body.query_embed.weight', 'query_embed',
-      *[body + (f'query_embed_{t}',) for t in model.tasks])
-
-  def attention(key, path):
-    add(f'{key}.in_proj_weight', 'in_proj', *[path + (n, 'kernel') for n in ('query', 'key', 'value')])
-    add(f'{key}.out_proj.weight', 'dense', path + ('out', 'kernel'))
-
-  def layer(kind, attentions, norms):
-    for l in range(model.num_layers):
-      key, path = f'body.{kind}.layers.{l}', body + (f'{kind}_{l}',)
-      for torch_name, flax_name in attentions:
-        attention(f'{key}.{torch_name}', path + (flax_name,))
-      weight_bias(f'{key}.linear1', path + ('mlp', 'fc1'), 'dense')
-      weight_bias(f'{key}.linear2', path + ('mlp', 'fc2'), 'dense')
-      for n in range(1, norms + 1):
-        add(f'{key}.norm{n}.weight', 'copy', path + (f'norm{n}', 'scale'))
-        add(f'{key}.norm{n}.bias', 'copy', path + (f'norm{n}', 'bias'))
-
-  layer('encoder', [('self_attn', 'self_attn')], 2)
-  layer('decoder', [('self_attn', 'self_attn'), ('multihead_attn', 'cross_attn')], 3)
-  add('body.position_encoding.position_ids', 'buffer')
-  add('body.position_encoding.pe.weight', 'copy', body + ('pos_embed',))
-
-  for i, task in enumerate(model.tasks):
-    tail = (f'tail_{task}',)
-    scale = tasks_lib.get(task).scale
-    num_upsamplers = 1 if scale == 3 else int(math.log2(scale))
-    for u in range(num_upsamplers):  # PixelShuffle layers sit between the convs.
-      weight_bias(f'tail.{i}.0.{2 * u}', tail + (f'upsample_{u}',), 'conv')
-    weight_bias(f'tail.{i}.1', tail + ('conv_out',), 'conv')
-  return out
-
-
-def _buffers(model: ipt.IPT) -> dict[str, np.ndarray]:
-  """Non-trained tensors of the official state_dict: the fixed mean shift, position ids."""
-  eye = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
-  num_tokens = (model.patch_size // model.patch_dim)**2
-  return {
-      'sub_mean.weight': eye, 'sub_mean.bias': -model.mean_shift,
-      'add_mean.weight': eye, 'add_mean.bias': model.mean_shift,
-      'body.position_encoding.position_ids': np.arange(num_tokens, dtype=np.int64)[None],
-  }
-
-
-# Official tensor -> Flax tensors of the given shapes, and back.
-_TO_FLAX: dict[str, Callable[[np.ndarray, list[tuple[int, ...]]], list[np.ndarray]]] = {
-    'conv': lambda t, shapes: [t.transpose(2, 3, 1, 0)],  # OIHW -> HWIO
-    'dense': lambda t, shapes: [t.T],
-    'copy': lambda t, shapes: [t],
-    'in_proj': lambda t, shapes: [w.T for w in np.split(t, 3)],  # Packed q, k, v rows.
-    'query_embed': lambda t, shapes: [row.reshape(s) for row, s in zip(t, shapes)],
-}
-_TO_TORCH: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
-    'conv': lambda ts: ts[0].transpose(3, 2, 0, 1),
-    'dense': lambda ts: ts[0].T,
-    'copy': lambda ts: ts[0],
-    'in_proj': lambda ts: np.concatenate([w.T for w in ts]),
-    'query_embed': lambda ts: np.stack([t.reshape(-1) for t in ts]),
-}
-_TORCH_SHAPE: dict[str, Callable[[list[tuple[int, ...]]], tuple[int, ...]]] = {
-    'conv': lambda shapes: tuple(shapes[0][i] for i in (3, 2, 0, 1)),
-    'dense': lambda shapes: tuple(reversed(shapes[0])),
-    'copy': lambda shapes: tuple(shapes[0]),
-    'in_proj': lambda shapes: (3 * shapes[0][1], shapes[0][0]),
-    'query_embed': lambda shapes: (len(shapes), math.prod(shapes[0])),
-}
-
-
-def _get(tree: Mapping[str, Any], path: FlaxPath):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree: dict[str, Any], path: FlaxPath, value):
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _param_shapes(model: ipt.IPT) -> dict:
-  return jax.tree.map(lambda s: tuple(s.shape), jax.eval_shape(model.init_params,
-                                                                jax.random.key(0)))
-
-
-def official_shapes(model: ipt.IPT) -> dict[str, tuple[int, ...]]:
-  """Every key of the official state_dict of `model`, with its shape, in state_dict order."""
-  shapes = _param_shapes(model)
-  buffers = _buffers(model)
-  return {e.key: buffers[e.key].shape if e.kind == 'buffer' else
-          _TORCH_SHAPE[e.kind]([_get(shapes, p) for p in e.paths]) for e in _entries(model)}
-
-
-def to_torch(params, model: ipt.IPT, *, as_numpy: bool = False) -> dict[str, Any]:
-  """Flax params -> the official state_dict (torch tensors, or numpy with `as_numpy`).
-
-  Keys, order, shapes and dtypes are those of the official model, buffers included, so
-  the result loads with `load_state_dict(strict=True)` into the official code.
-  """
-  params = jax.device_get(params)
-  buffers = _buffers(model)
-  state = {}
-  for e in _entries(model):
-    if e.kind == 'buffer':
-      state[e.key] = buffers[e.key]
-    else:
-      arrays = [np.asarray(_get(params, p)) for p in e.paths]
-      state[e.key] = np.array(_TO_TORCH[e.kind](arrays), order='C')  # A writable copy.
-  if as_numpy:
-    return state
-  import torch  # pylint: disable=g-import-not-at-top
-  return {k: torch.from_numpy(v) for k, v in state.items()}
-
-
-def infer_model(state_dict: Mapping[str, Any], tasks: Sequence[str] | None = None,
-                **model_overrides) -> ipt.IPT:
-  """The IPT whose official state_dict has these shapes (num_heads defaults to 12)."""
-  shape = lambda key: tuple(_require(state_dict, key).shape)
-  n_feats = shape('head.0.0.weight')[0]
-  dim = shape('body.linear_encoding.weight')[0]
-  patch_dim = math.isqrt(dim // n_feats)
-  num_tokens = shape('body.position_encoding.pe.weight')[0]
-  num_layers = len({k.split('.')[3] for k in state_dict if k.startswith('body.encoder.layers.')})
-  num_tasks = shape('body.query_embed.weight')[0]
-  if tasks is None:
-    if num_tasks != len(tasks_lib.PRETRAIN_NAMES):
-      raise ValueError(
-          f'This checkpoint has {num_tasks} task head(s); name them in order with tasks=... '
-          f'(e.g. tasks=("sr_x2",) for a model fine-tuned on x2; --tasks=sr_x2 on the command '
-          f'line). Only a {len(tasks_lib.PRETRAIN_NAMES)}-task checkpoint defaults to '
-          f'{", ".join(tasks_lib.PRETRAIN_NAMES)}.')
-    tasks = tasks_lib.PRETRAIN_NAMES
-  tasks = tuple(tasks)
-  for t in tasks:
-    tasks_lib.get(t)
-  if len(tasks) != num_tasks:
-    raise ValueError(f'tasks={tasks} names {len(tasks)} task(s) but the checkpoint has '
-                     f'{num_tasks} (rows of body.query_embed.weight).')
-  fields = dict(n_feats=n_feats, patch_dim=patch_dim, patch_size=math.isqrt(num_tokens) * patch_dim,
-                num_heads=12, num_layers=num_layers,
-                mlp_dim=shape('body.encoder.layers.0.linear1.weight')[0], tasks=tasks)
-  model = ipt.IPT(**{**fields, **model_overrides})
-  if dim % model.num_heads:
-    raise ValueError(f'The embedding size {dim} is not divisible by num_heads={model.num_heads}; '
-                     'pass the number of attention heads the checkpoint was trained with.')
-  return model
-
-
-def from_torch(state_dict_or_path, tasks: Sequence[str] | None = None,
-               **model_overrides) -> tuple[ipt.IPT, dict]:
-  """An official state_dict (or a .pt / .safetensors path) -> (model, Flax params).
-
-  Model sizes are read from the shapes; `num_heads` (not visible in shapes) defaults to
-  the paper's 12. `tasks` defaults to the six pre-training tasks for a 6-head checkpoint
-  and must be given otherwise. Raises ValueError naming any missing, unexpected or
-  mis-shaped key.
-  """
-  state_dict = state_dict_or_path
-  if isinstance(state_dict, (str, os.PathLike)):
-    state_dict = read_state_dict(state_dict)
-  state_dict = {k: _to_numpy(v) for k, v in state_dict.items()}
-  model = infer_model(state_dict, tasks, **model_overrides)
-  _check_layout(state_dict, model)
-  shapes = _param_shapes(model)
-  params = {}
-  for e in _entries(model):
-    if e.kind == 'buffer':
-      continue
-    arrays = _TO_FLAX[e.kind](state_dict[e.key], [_get(shapes, p) for p in e.paths])
-    for path, array in zip(e.paths, arrays):
-      _set(params, path, np.ascontiguousarray(array).astype(model.param_dtype, copy=False))
-  return model, params
-
-
-def _check_layout(state_dict: Mapping[str, np.ndarray], model: ipt.IPT):
-  expected = official_shapes(model)
-  missing = [k for k in expected if k not in state_dict]
-  unexpected = [k for k in state_dict if k not in expected]
-  wrong = [f'{k}: {tuple(state_dict[k].shape)}, expected {expected[k]}'
-           for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
-  problems = ([f'missing keys: {", ".join(missing)}'] if missing else []) + (
-      [f'unexpected keys: {", ".join(unexpected)}'] if unexpected else []) + (
-          [f'mis-shaped keys: {"; ".join(wrong)}'] if wrong else [])
-  if problems:
-    raise ValueError(f'Not an official IPT state_dict for tasks {model.tasks} (model '
-                     f'{_describe(model)}): ' + ' | '.join(problems))
-  for key, value in _buffers(model).items():
-    if not np.array_equal(state_dict[key], value):
-      raise ValueError(f'{key} differs from the official constant {value.ravel().tolist()}: '
-                       'this converter only handles the official fixed mean shift.')
-
-
-def _describe(model: ipt.IPT) -> str:
-  return (f'n_feats={model.n_feats}, patch_dim={model.patch_dim}, num_layers={model.num_layers}, '
-          f'mlp_dim={model.mlp_dim}')
-
-
-def _require(state_dict: Mapping[str, Any], key: str):
-  if key not in state_dict:
-    raise ValueError(f'Not an official IPT state_dict: missing key {key!r} '
-                     f'(it has {len(state_dict)} keys, e.g. {list(state_dict)[:3]}).')
-  return state_dict[key]
-
-
-def _to_numpy(value) -> np.ndarray:
-  if hasattr(value, 'detach'):  # A torch tensor.
-    return value.detach().cpu().numpy()
-  return np.asarray(value)
-
-
-def read_state_dict(path) -> dict[str, np.ndarray]:
-  """The tensors of a .pt (read with weights_only=True) or .safetensors file (local or
-  gs://), as numpy."""
-  path = epath.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'{path} does not exist or is not a file.')
-  if path.suffix == '.safetensors':
-    from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
-    try:
-      return dict(st.load(path.read_bytes()))
-    except Exception as e:  # safetensors raises several types for malformed files.
-      raise ValueError(f'{path} is not a readable .safetensors file ({e}).') from e
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f'Reading {path} needs PyTorch: pip install "ipt_jax[torch]" '
-                      '(or convert it to .safetensors elsewhere).') from e
-  try:
-    with path.open('rb') as f:
-      state = torch.load(f, map_location='cpu', weights_only=True)
-  except Exception as e:  # Unpickling errors come in many types.
-    raise ValueError(f'{path} is not a PyTorch checkpoint that torch.load(weights_only=True) '
-                     f'can read ({type(e).__name__}: {str(e).split(". ")[0]}).') from e
-  if not isinstance(state, Mapping) or not all(hasattr(v, 'shape') for v in state.values()):
-    raise ValueError(f'{path} does not hold a state_dict (a mapping of names to tensors), '
-                     f'but a {type(state).__name__}.')
-  return {k: _to_numpy(v) for k, v in state.items()}
-
-
-def write_state_dict(state_dict: Mapping[str, Any], path):
-  """Writes a .pt or .safetensors file atomically (temporary name, then rename)."""
-  path = pathlib.Path(path)
-  if path.suffix not in ('.pt', '.pth', '.safetensors'):
-    raise ValueError(f'Unknown output format {path.name!r}: use a .pt, .pth or .safetensors name, '
-                     'or a directory name for a Flax params checkpoint.')
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if path.suffix == '.safetensors':
-    from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
-    arrays = {k: np.ascontiguousarray(_to_numpy(v)) for k, v in state_dict.items()}
-    cli.write_atomically(path, lambda tmp: st.save_file(arrays, tmp))
-  else:
-    import torch  # pylint: disable=g-import-not-at-top
-    tensors = {k: v if hasattr(v, 'detach') else torch.tensor(np.asarray(v))
-               for k, v in state_dict.items()}
-    cli.write_atomically(path, lambda tmp: torch.save(tensors, tmp))
-
-
-def convert(input_path, output_path, *, tasks: Sequence[str] | None = None, **model_overrides):
-  """Converts between an official .pt / .safetensors file and a Flax params directory.
-
-  `input_path` is anything `checkpoint.load_params` reads; an `output_path` ending in .pt,
-  .pth or .safetensors gets the official state_dict, any other name a params directory.
-  """
+def convert(checkpoint_path, output_path, *, checkpoint_tasks: Sequence[str] | None = None,
+            num_heads: int | None = None) -> ipt.IPT:
+  """Writes the checkpoint at `checkpoint_path` to `output_path`; returns its model."""
   if epath.Path(output_path).exists():
-    raise FileExistsError(f'{output_path} already exists; choose a new output name.')
-  model, params = checkpoint.load_params(input_path, tasks=tasks, **model_overrides)
-  if epath.Path(output_path).suffix in checkpoint.TORCH_SUFFIXES:
-    write_state_dict(to_torch(params, model, as_numpy=True), output_path)
+    raise errors.InputError(f'{output_path} already exists; choose a new output name.')
+  model, params = weights.load(checkpoint_path, checkpoint_tasks=checkpoint_tasks,
+                               num_heads=num_heads)
+  if epath.Path(output_path).suffix in torch_layout.SUFFIXES:
+    torch_layout.write_state_dict(torch_layout.to_torch(params, model, as_numpy=True),
+                                  output_path)
   else:
     checkpoint.save_params(output_path, model, params)
   return model
@@ -332,22 +43,11 @@ def convert(input_path, output_path, *, tasks: Sequence[str] | None = None, **mo
 
 def main(argv):
   cli.check_no_arguments(argv)
-  if not FLAGS.input or not FLAGS.output:
-    raise ValueError('Both --input and --output are required, e.g. '
-                     '--input=IPT_pretrain.pt --output=ipt_pretrain (a params directory).')
-  overrides = {} if FLAGS.num_heads is None else {'num_heads': FLAGS.num_heads}
-  model = convert(FLAGS.input, FLAGS.output, tasks=FLAGS.tasks, **overrides)
-  print(f'Wrote {FLAGS.output}: IPT with tasks {", ".join(model.tasks)}, '
+  model = convert(CHECKPOINT.checkpoint.value, OUTPUT.value, **CHECKPOINT.load_args())
+  print(f'Wrote {OUTPUT.value}: IPT with tasks {", ".join(model.tasks)}, '
         f'{model.num_layers}+{model.num_layers} layers, n_feats {model.n_feats}.')
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('input', None, 'A .pt / .pth / .safetensors file, a params directory, a '
-                      'training checkpoint step, checkpoints directory or workdir.')
-  flags.DEFINE_string('output', None, 'A .pt / .pth / .safetensors file name (official layout), '
-                      'or a new directory name (Flax params + model config).')
-  flags.DEFINE_list('tasks', None, 'Task names of the heads of a PyTorch checkpoint, in order; '
-                    'needed unless it has the six pre-training heads.')
-  flags.DEFINE_integer('num_heads', None, 'Attention heads of a PyTorch checkpoint (default 12).')
-  FLAGS = flags.FLAGS
+  flags.mark_flags_as_required(['checkpoint', 'output'])
   cli.run(main)

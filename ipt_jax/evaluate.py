@@ -1,8 +1,8 @@
 """Benchmark tables with the official IPT evaluation protocol.
 
-  python -m ipt_jax.evaluate --checkpoint=IPT_pretrain.pt --task=sr_x2,sr_x3,sr_x4 \
+  python -m ipt_jax.evaluate --checkpoint=IPT_pretrain.pt --tasks=sr_x2,sr_x3,sr_x4 \
       --data_dir=benchmark --sets=Set5,Set14,B100,Urban100
-  python -m ipt_jax.evaluate --model=bicubic --task=sr_x4 --data_dir=benchmark --sets=Set5,Set14
+  python -m ipt_jax.evaluate --model=bicubic --tasks=sr_x4 --data_dir=benchmark --sets=Set5,Set14
 
 The protocol (docs/ipt_reference.md): outputs are quantised (clamped to [0, 255], rounded); PSNR
 and SSIM are measured on Y of YCbCr, shaving `scale` px off every border for SR and nothing for
@@ -38,9 +38,12 @@ from PIL import Image
 import tqdm
 
 from ipt_jax import cli
+from ipt_jax import errors
+from ipt_jax import files
+from ipt_jax import inference
 from ipt_jax import metrics
-from ipt_jax import restore
 from ipt_jax import tasks as tasks_lib
+from ipt_jax import weights
 from ipt_jax.data import benchmarks
 from ipt_jax.data import degrade
 
@@ -57,6 +60,22 @@ _LAYOUTS = {
               'up (the Rain100L layout)',
 }
 
+CHECKPOINT = cli.checkpoint_flags()
+TASKS = cli.tasks_flag()
+INFERENCE = cli.inference_flags()
+OUTPUT_DIR = cli.output_dir_flag()
+SEED = cli.seed_flag()
+MODEL = flags.DEFINE_enum('model', 'ipt', list(MODELS), "'ipt': the --checkpoint; 'bicubic': "
+                          'the SR baseline (no checkpoint).')
+DATA_DIR = flags.DEFINE_string('data_dir', None, 'Folder holding the benchmark sets (e.g. '
+                               'Set5/HR/...).')
+SETS = flags.DEFINE_list('sets', None, 'Benchmark sets; default: Set5,Set14,B100,Urban100 for '
+                         'SR, CBSD68,Urban100 for denoising, Rain100L for deraining.')
+LR = flags.DEFINE_enum('lr', 'files', list(LR_SOURCES), 'SR inputs: the LR_bicubic files where '
+                       'present (the others generated), or all generated from HR.')
+SAVE_IMAGES = flags.DEFINE_bool('save_images', False, 'Also write the quantised outputs as PNGs '
+                                'under --output_dir.')
+
 # Restores one benchmark input: [h, w, 3] in [0, 255] -> [h*s, w*s, 3], not yet quantised.
 Method = Callable[[np.ndarray], np.ndarray]
 
@@ -69,12 +88,12 @@ class Options:
   sets: tuple[str, ...] | None = None  # None: DEFAULT_SETS of each task's kind.
   model: str = 'ipt'
   checkpoint: str | None = None
-  model_tasks: tuple[str, ...] | None = None  # Head names of a PyTorch checkpoint (--tasks).
+  checkpoint_tasks: tuple[str, ...] | None = None  # Head names of a PyTorch checkpoint.
   num_heads: int | None = None
   dtype: str = 'float32'
   tiling: str = 'official'
-  overlap: int = 10
-  tile_batch: int = 64
+  overlap: int = inference.PAPER_OVERLAP
+  tile_batch: int = inference.TILE_BATCH
   self_ensemble: bool = False
   lr: str = 'files'
   seed: int = 0
@@ -125,20 +144,21 @@ class SetScore:
 def check_options(options: Options) -> list[tasks_lib.Task]:
   """The tasks to evaluate, after checking what can be checked before loading anything."""
   if options.model not in MODELS:
-    raise ValueError(f'Unknown --model={options.model!r}; use ipt (with --checkpoint) or '
-                     'bicubic (the SR baseline).')
+    raise errors.FlagError(f'Unknown --model={options.model!r}; use ipt (with --checkpoint) '
+                           'or bicubic (the SR baseline).')
   if options.lr not in LR_SOURCES:
-    raise ValueError(f'Unknown --lr={options.lr!r}; use one of {", ".join(LR_SOURCES)}.')
+    raise errors.FlagError(f'Unknown --lr={options.lr!r}; use one of {", ".join(LR_SOURCES)}.')
   if not options.tasks:
-    raise ValueError('Name the task(s) to evaluate, e.g. --task=sr_x4.')
+    raise errors.FlagError('Name the task(s) to evaluate, e.g. --tasks=sr_x4.')
   tasks = [tasks_lib.get(name) for name in options.tasks]
   if options.model == 'bicubic':
     not_sr = [t.name for t in tasks if t.kind != 'sr']
     if not_sr:
-      raise ValueError(f'--model=bicubic is the baseline of super-resolution tasks (sr_x2, '
-                       f'sr_x3, sr_x4, ...), not of {", ".join(not_sr)}.')
+      raise errors.FlagError(f'--model=bicubic is the baseline of super-resolution tasks '
+                             f'(sr_x2, sr_x3, sr_x4, ...), not of {", ".join(not_sr)}.')
   elif not options.checkpoint:
-    raise ValueError('--checkpoint is required (or --model=bicubic for the SR baseline).')
+    raise errors.FlagError('--checkpoint is required (or --model=bicubic for the SR '
+                           'baseline).')
   for task in tasks:
     for set_name in options.sets_for(task):
       check_set_folder(options.data_dir, set_name, task)
@@ -148,9 +168,8 @@ def check_options(options: Options) -> list[tasks_lib.Task]:
 def check_set_folder(data_dir, set_name: str, task: tasks_lib.Task):
   folder = pathlib.Path(data_dir) / set_name
   if not folder.is_dir():
-    raise FileNotFoundError(f'Benchmark set folder {folder} does not exist (--data_dir='
-                            f'{data_dir}, set {set_name}); {task.name} expects '
-                            f'{_LAYOUTS[task.kind]}.')
+    raise errors.InputError(f'{folder}: no such benchmark set folder (--data_dir={data_dir}, '
+                            f'set {set_name}); {task.name} expects {_LAYOUTS[task.kind]}.')
 
 
 def bicubic(task: tasks_lib.Task) -> Method:
@@ -171,7 +190,7 @@ def evaluate_set(method: Method, pairs: Sequence[benchmarks.Pair], task: tasks_l
     scores.append(ImageScore(pair.name, float(metrics.psnr_y(output, pair.hq, shave)),
                              float(metrics.ssim_y(output, pair.hq, shave)), seconds))
     if image_dir:
-      restore.write_png(image_dir / f'{pair.name}.png', Image.fromarray(output.astype(np.uint8)))
+      files.write_png(image_dir / f'{pair.name}.png', Image.fromarray(output.astype(np.uint8)))
   return SetScore(task.name, set_name, tuple(scores))
 
 
@@ -179,15 +198,15 @@ def methods(options: Options, tasks: Sequence[tasks_lib.Task]) -> tuple[list[Met
   """The method restoring each task, and a description of the model for the report."""
   if options.model == 'bicubic':
     return [bicubic(t) for t in tasks], {'model': 'bicubic'}
-  model, params = restore.load_model(options.checkpoint, tasks=options.model_tasks,
-                                     num_heads=options.num_heads, dtype=options.dtype)
-  restorers = [restore.make_restorer(model, params, t.name, mode=options.tiling,
-                                     overlap=options.overlap, tile_batch=options.tile_batch,
-                                     self_ensemble=options.self_ensemble) for t in tasks]
+  model, params = weights.load(options.checkpoint, checkpoint_tasks=options.checkpoint_tasks,
+                               num_heads=options.num_heads, dtype=options.dtype)
+  restorers = [inference.restorer(model, params, t.name, mode=options.tiling,
+                                  overlap=options.overlap, tile_batch=options.tile_batch,
+                                  self_ensemble=options.self_ensemble) for t in tasks]
   for restorer in restorers:  # Compile now, so that the timings measure restoring alone.
     restorer(np.zeros((restorer.patch, restorer.patch, 3), np.float32))
   return restorers, {'model': 'ipt', 'checkpoint': options.checkpoint,
-                     'model_tasks': list(model.tasks), 'num_heads': model.num_heads}
+                     'checkpoint_tasks': list(model.tasks), 'num_heads': model.num_heads}
 
 
 def evaluate(options: Options) -> tuple[list[SetScore], dict]:
@@ -251,21 +270,21 @@ def markdown_table(scores: Sequence[SetScore]) -> str:
 def write_report(path, scores: Sequence[SetScore], applied_settings: dict):
   report = {'settings': applied_settings, 'results': [s.to_json() for s in scores]}
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  cli.write_atomically(
+  files.write_atomically(
       path, lambda temporary: pathlib.Path(temporary).write_text(json.dumps(report, indent=1)))
 
 
 def main(argv):
   cli.check_no_arguments(argv)
-  if not FLAGS.data_dir:
-    raise ValueError('--data_dir is required: the folder holding the benchmark sets.')
   options = Options(
-      tasks=tuple(FLAGS.task or ()), data_dir=FLAGS.data_dir,
-      sets=tuple(FLAGS.sets) if FLAGS.sets else None, model=FLAGS.model,
-      checkpoint=FLAGS.checkpoint, model_tasks=FLAGS.tasks, num_heads=FLAGS.num_heads,
-      dtype=FLAGS.dtype, tiling=FLAGS.tiling, overlap=FLAGS.overlap,
-      tile_batch=FLAGS.tile_batch, self_ensemble=FLAGS.self_ensemble, lr=FLAGS.lr,
-      seed=FLAGS.seed, output_dir=FLAGS.output_dir, save_images=FLAGS.save_images)
+      tasks=tuple(TASKS.value or ()), data_dir=DATA_DIR.value,
+      sets=tuple(SETS.value) if SETS.value else None, model=MODEL.value,
+      checkpoint=CHECKPOINT.checkpoint.value,
+      checkpoint_tasks=CHECKPOINT.checkpoint_tasks.value, num_heads=CHECKPOINT.num_heads.value,
+      dtype=INFERENCE.dtype.value, tiling=INFERENCE.tiling.value,
+      overlap=INFERENCE.overlap.value, tile_batch=INFERENCE.tile_batch.value,
+      self_ensemble=INFERENCE.self_ensemble.value, lr=LR.value, seed=SEED.value,
+      output_dir=OUTPUT_DIR.value, save_images=SAVE_IMAGES.value)
   scores, applied = evaluate(options)
   applied['command'] = ' '.join(['python -m ipt_jax.evaluate'] + sys.argv[1:])
   print(markdown_table(scores))
@@ -274,21 +293,6 @@ def main(argv):
   print(f'\nWrote {report_path}')
 
 
-FLAGS = flags.FLAGS
-
 if __name__ == '__main__':
-  restore.define_model_flags(tiling='official')
-  flags.DEFINE_list('task', None, 'Task(s) to evaluate, e.g. sr_x4 or sr_x2,sr_x3,sr_x4; each '
-                    "one of the checkpoint's tasks.")
-  flags.DEFINE_enum('model', 'ipt', list(MODELS), "'ipt': the --checkpoint; 'bicubic': the SR "
-                    'baseline (no checkpoint).')
-  flags.DEFINE_string('data_dir', None, 'Folder holding the benchmark sets (e.g. Set5/HR/...).')
-  flags.DEFINE_list('sets', None, 'Benchmark sets; default: Set5,Set14,B100,Urban100 for SR, '
-                    'CBSD68,Urban100 for denoising, Rain100L for deraining.')
-  flags.DEFINE_enum('lr', 'files', list(LR_SOURCES), 'SR inputs: the LR_bicubic files where '
-                    'present (the others generated), or all generated from HR.')
-  flags.DEFINE_integer('seed', 0, 'Seed of the denoising noise (with each image name).')
-  flags.DEFINE_string('output_dir', None, 'Folder for results.json and --save_images; default '
-                      'eval/<model>_<tasks>[_fast][_x8][_bfloat16].')
-  flags.DEFINE_bool('save_images', False, 'Also write the quantised outputs as PNGs.')
+  flags.mark_flags_as_required(['tasks', 'data_dir'])
   cli.run(main)

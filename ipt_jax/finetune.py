@@ -1,7 +1,7 @@
 """Fine-tuning entry point: one task on a pre-trained IPT.
 
   python -m ipt_jax.finetune --config=configs/finetune.py:sr_x2 \
-      --config.init=<pre-training workdir | params dir | official .pt> --workdir=...
+      --config.checkpoint=<pre-training workdir | params dir | official .pt> --workdir=...
 
 The chosen task keeps its head, tail and task embedding from the checkpoint and the other
 tasks' are dropped (as in the paper); a task the checkpoint does not have gets a fresh head,
@@ -14,12 +14,16 @@ from absl import logging
 import jax
 import ml_collections
 
-from ipt_jax import checkpoint
 from ipt_jax import cli
+from ipt_jax import errors
 from ipt_jax import parallel
 from ipt_jax import tasks as tasks_lib
 from ipt_jax import train
+from ipt_jax import weights
 from ipt_jax.models import ipt
+
+CONFIG = cli.config_flag()
+WORKDIR = cli.workdir_flag()
 
 
 def single_task_params(pretrained, pretrained_tasks, task: str, fresh) -> dict:
@@ -34,19 +38,22 @@ def single_task_params(pretrained, pretrained_tasks, task: str, fresh) -> dict:
 
 
 def init_model(config: ml_collections.ConfigDict) -> tuple[ipt.IPT, dict]:
-  """The one-task model and its starting parameters from `config.init`."""
-  if not config.init:
-    raise ValueError('Set --config.init to a pre-training checkpoint (workdir or checkpoints '
-                     'directory), a params directory from ipt_jax.convert or an official .pt.')
+  """The one-task model and its starting parameters from `config.checkpoint`."""
+  if not config.checkpoint:
+    raise errors.InputError('Set --config.checkpoint to a pre-training checkpoint (workdir or '
+                            'checkpoints directory), a params directory from ipt_jax.convert '
+                            'or an official .pt.')
   if len(config.data.tasks) != 1:
-    raise ValueError(f'Fine-tuning trains one task; data.tasks is {tuple(config.data.tasks)}. '
-                     'Name it after the config: --config=configs/finetune.py:sr_x2.')
+    raise errors.InputError(f'Fine-tuning trains one task; data.tasks is '
+                            f'{tuple(config.data.tasks)}. Name it after the config: '
+                            '--config=configs/finetune.py:sr_x2.')
   task = tasks_lib.get(config.data.tasks[0]).name
-  overrides = {} if config.init_num_heads is None else {'num_heads': config.init_num_heads}
-  pretrained_model, pretrained = checkpoint.load_params(
-      config.init, tasks=config.init_tasks, **overrides)
-  fields = {**ipt.to_config(pretrained_model), **config.model, 'tasks': (task,)}
-  model = ipt.from_config(fields)
+  # model.num_heads is that of the checkpoint (a PyTorch file does not record it).
+  model_fields = dict(config.model)
+  pretrained_model, pretrained = weights.load(
+      config.checkpoint, checkpoint_tasks=config.checkpoint_tasks,
+      num_heads=model_fields.pop('num_heads', None))
+  model = ipt.create(**{**ipt.to_config(pretrained_model), **model_fields, 'tasks': (task,)})
   fresh = None
   if task not in pretrained_model.tasks:
     logging.info('%s is not one of the checkpoint\'s tasks (%s): it starts with a fresh head, '
@@ -64,12 +71,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> train.TrainStat
 
 def main(argv):
   cli.check_no_arguments(argv)
-  parallel.initialize(FLAGS.config.distributed)
-  finetune(FLAGS.config, FLAGS.workdir)
+  parallel.initialize(CONFIG.value.distributed)
+  finetune(CONFIG.value, WORKDIR.value)
 
 
 if __name__ == '__main__':
-  cli.define_training_flags('Fine-tuning configuration file, with the task after a colon: '
-                            'configs/finetune.py:sr_x2.')
-  FLAGS = flags.FLAGS
+  flags.mark_flags_as_required(['config', 'workdir'])
   cli.run(main)

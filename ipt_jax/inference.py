@@ -31,8 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ipt_jax import errors
+from ipt_jax import tasks as tasks_lib
+
 MODES = ('official', 'fast')
 PAPER_OVERLAP = 10  # "48x48 patches with 10 pixels overlap" (Chen et al., Sec. 4).
+TILE_BATCH = 64  # Tiles per model call by default.
 _NORMALISE_ROWS = 512  # Output rows normalised at a time (bounds the normaliser's memory).
 
 
@@ -149,16 +153,16 @@ def _tiling(height: int, width: int, patch: int, scale: int, mode: str,
 
 def _check_options(mode: str, overlap: int, tile_batch: int, patch: int):
   if mode not in MODES:
-    raise ValueError(f"Unknown tiling mode {mode!r}: use 'official' (the official forward_chop, "
-                     "for published numbers) or 'fast' (fewer tiles, blended overlaps).")
+    raise errors.InputError(f"Unknown tiling mode {mode!r}: use 'official' (the official forward_chop, "
+                            "for published numbers) or 'fast' (fewer tiles, blended overlaps).")
   is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
   if not is_int(overlap) or not 0 <= overlap < patch:
-    raise ValueError(f'overlap must be an integer number of pixels in [0, {patch - 1}], so that '
-                     f'{patch}x{patch} tiles advance by a positive stride ({patch} - overlap); '
-                     f'got {overlap!r}.')
+    raise errors.InputError(f'overlap must be an integer number of pixels in [0, {patch - 1}], so that '
+                            f'{patch}x{patch} tiles advance by a positive stride ({patch} - overlap); '
+                            f'got {overlap!r}.')
   if not is_int(tile_batch) or tile_batch < 1:
-    raise ValueError(f'tile_batch (tiles per model call) must be a positive integer, got '
-                     f'{tile_batch!r}; lower it if the accelerator runs out of memory.')
+    raise errors.InputError(f'tile_batch (tiles per model call) must be a positive integer, got '
+                            f'{tile_batch!r}; lower it if the accelerator runs out of memory.')
 
 
 def num_tiles(height: int, width: int, *, mode: str = 'official', overlap: int = PAPER_OVERLAP,
@@ -211,7 +215,8 @@ class Restorer:
   """
 
   def __init__(self, model, params, task: int, *, mode: str = 'official',
-               overlap: int = PAPER_OVERLAP, tile_batch: int = 64, self_ensemble: bool = False):
+               overlap: int = PAPER_OVERLAP, tile_batch: int = TILE_BATCH,
+               self_ensemble: bool = False):
     _check_options(mode, overlap, tile_batch, model.patch_size)
     self.model = model
     self.params = params
@@ -281,6 +286,11 @@ class Restorer:
       pending = tiles, outputs
     add(*pending)
     return output
+
+
+def restorer(model, params, task_name: str, **options) -> Restorer:
+  """A Restorer for the model's task called `task_name` (an error lists the model's tasks)."""
+  return Restorer(model, params, tasks_lib.index(task_name, model.tasks), **options)
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:

@@ -2,6 +2,8 @@
 import jax
 import jax.numpy as jnp
 
+from ipt_jax import errors
+
 
 def l1(output: jax.Array, target: jax.Array) -> jax.Array:
   """Mean absolute error (on the [0, 255] scale, as the official training)."""
@@ -12,7 +14,7 @@ def sample_patches(features: jax.Array, rng: jax.Array, num_patches: int) -> jax
   """`num_patches` distinct random patch features per image: [B, T, D] -> [B, K, D]."""
   batch, tokens, _ = features.shape
   if not 0 < num_patches <= tokens:
-    raise ValueError(f'contrastive_patches must be in 1..{tokens}, got {num_patches}.')
+    raise errors.InputError(f'contrastive_patches must be in 1..{tokens}, got {num_patches}.')
   keys = jax.random.split(rng, batch)
   idx = jax.vmap(lambda k: jax.random.permutation(k, tokens)[:num_patches])(keys)
   return jnp.take_along_axis(features, idx[..., None], axis=1)
@@ -27,7 +29,7 @@ def patch_contrastive(features: jax.Array, temperature: float) -> jax.Array:
   """
   batch, k, dim = features.shape
   if k < 2:
-    raise ValueError('The contrastive loss needs at least 2 patches per image (positives).')
+    raise errors.InputError('The contrastive loss needs at least 2 patches per image (positives).')
   z = features.astype(jnp.float32).reshape(batch * k, dim)
   z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
   logits = z @ z.T / temperature

@@ -12,14 +12,16 @@ from ipt_jax import cli
 from ipt_jax import parallel
 from ipt_jax import train
 
+CONFIG = cli.config_flag()
+WORKDIR = cli.workdir_flag()
+
 
 def main(argv):
   cli.check_no_arguments(argv)
-  parallel.initialize(FLAGS.config.distributed)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  parallel.initialize(CONFIG.value.distributed)
+  train.train_and_evaluate(CONFIG.value, WORKDIR.value)
 
 
 if __name__ == '__main__':
-  cli.define_training_flags('Training configuration file.')
-  FLAGS = flags.FLAGS
+  flags.mark_flags_as_required(['config', 'workdir'])
   cli.run(main)

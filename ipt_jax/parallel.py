@@ -11,8 +11,9 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from ipt_jax import errors
+
 BATCH_AXES = ('data', 'fsdp')
-FSDP_MIN_SIZE = 2**18  # Arrays with fewer elements stay replicated under fsdp.
 
 # Environment that tells a run it is one of several processes (see `initialize`).
 _EXPLICIT_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
@@ -28,15 +29,15 @@ def initialize(mode: str = 'auto'):
   mode 'off': never.
   """
   if mode not in ('auto', 'on', 'off'):
-    raise ValueError(f"distributed must be 'auto', 'on' or 'off', got {mode!r}.")
+    raise errors.InputError(f"distributed must be 'auto', 'on' or 'off', got {mode!r}.")
   explicit = {name: os.environ.get(name) for name in _EXPLICIT_ENV}
   if mode == 'off':
     return
   if explicit['JAX_COORDINATOR_ADDRESS']:
     missing = [name for name, value in explicit.items() if not value]
     if missing:
-      raise ValueError(f'JAX_COORDINATOR_ADDRESS is set but {", ".join(missing)} is not: set all '
-                       f'of {", ".join(_EXPLICIT_ENV)} on every process.')
+      raise errors.InputError(f'JAX_COORDINATOR_ADDRESS is set but {", ".join(missing)} is not: set all '
+                              f'of {", ".join(_EXPLICIT_ENV)} on every process.')
     jax.distributed.initialize(explicit['JAX_COORDINATOR_ADDRESS'],
                                int(explicit['JAX_NUM_PROCESSES']),
                                int(explicit['JAX_PROCESS_ID']))
@@ -58,8 +59,8 @@ def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
   """A ('data', 'fsdp') mesh over `devices` (default: every device of every process)."""
   devices = devices or jax.devices()
   if fsdp < 1 or len(devices) % fsdp:
-    raise ValueError(f'mesh.fsdp={fsdp} must be a positive divisor of the {len(devices)} '
-                     'devices.')
+    raise errors.InputError(f'mesh.fsdp={fsdp} must be a positive divisor of the {len(devices)} '
+                            'devices.')
   # Auto axes: XLA propagates shardings through the model (no per-op annotations needed).
   return jax.make_mesh((len(devices) // fsdp, fsdp), BATCH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
@@ -68,8 +69,8 @@ def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
 def check_batch_size(global_batch_size: int, mesh: Mesh):
   """The global batch must split evenly over every device of the mesh."""
   if global_batch_size % mesh.size:
-    raise ValueError(f'The global batch size {global_batch_size} does not divide over '
-                     f'{mesh.size} devices; choose a multiple of {mesh.size}.')
+    raise errors.InputError(f'The global batch size {global_batch_size} does not divide over '
+                            f'{mesh.size} devices; choose a multiple of {mesh.size}.')
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -81,10 +82,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def param_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
-  """Shards a large array over `fsdp` along its largest divisible dimension."""
+def param_sharding(mesh: Mesh, shape: tuple[int, ...], size_mb: float,
+                   min_size_mb: float) -> NamedSharding:
+  """Shards an array of at least `min_size_mb` over `fsdp` along its largest divisible
+  dimension; smaller ones stay replicated (sharding them saves little and costs latency)."""
   fsdp = mesh.shape['fsdp']
-  if fsdp == 1 or np.prod(shape) < FSDP_MIN_SIZE:
+  if fsdp == 1 or size_mb < min_size_mb:
     return replicated(mesh)
   for dim in np.argsort(shape)[::-1]:
     if shape[dim] % fsdp == 0:
@@ -94,9 +97,11 @@ def param_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
   return replicated(mesh)
 
 
-def tree_shardings(mesh: Mesh, abstract_tree):
+def tree_shardings(mesh: Mesh, abstract_tree, min_size_mb: float):
   """`param_sharding` for every array of a pytree of shapes (params, optimiser state)."""
-  return jax.tree.map(lambda x: param_sharding(mesh, tuple(x.shape)), abstract_tree)
+  return jax.tree.map(
+      lambda x: param_sharding(mesh, tuple(x.shape), x.size * x.dtype.itemsize / 2**20,
+                               min_size_mb), abstract_tree)
 
 
 def global_batch(mesh: Mesh, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

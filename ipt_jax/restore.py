@@ -1,9 +1,12 @@
 """Restores a user's images with an IPT checkpoint: any size in, PNG out.
 
-  python -m ipt_jax.restore --checkpoint=IPT_sr_x2.pt --tasks=sr_x2 --task=sr_x2 \
+  python -m ipt_jax.restore --checkpoint=IPT_sr_x2.pt --checkpoint_tasks=sr_x2 --tasks=sr_x2 \
       --output_dir=restored photo.jpg scan.png logo.webp
+  python -m ipt_jax.restore --checkpoint=runs/pretrain --tasks=sr_x2,denoise_30 \
+      --tiling=fast --output_dir=restored photo.jpg
 
-Each IMAGE is written to `<output_dir>/<stem><suffix>.png` (`--suffix` defaults to `_<task>`).
+Each IMAGE is written, for each task, to `<output_dir>/<stem><suffix>.png` (`--suffix`, one
+task only, defaults to `_<task>`).
 An existing file there is replaced, except that an input of the same run is never overwritten:
 such an image, or one whose output name an earlier input already takes (`a.jpg` and `a.png`),
 is reported and skipped. What each kind of image becomes:
@@ -19,8 +22,8 @@ is reported and skipped. What each kind of image becomes:
     tiled batch by batch (memory: the output plus one tile batch).
 A missing, unreadable or non-image file is reported by name on one line and the others are
 still restored; the exit status is then 1. Outputs are written to a temporary name and renamed,
-so no half-written PNG is left behind. `--tiling` defaults to 'fast' (blended tiles, several
-times fewer than 'official', which reproduces the official forward_chop for benchmarks).
+so no half-written PNG is left behind. `--tiling=fast` (blended tiles) runs several times fewer
+tiles than the default 'official' (the official forward_chop), with slightly different output.
 """
 from collections.abc import Sequence
 import dataclasses
@@ -29,16 +32,22 @@ import pathlib
 import sys
 
 from absl import flags
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
 import tqdm
 
-from ipt_jax import checkpoint
 from ipt_jax import cli
+from ipt_jax import errors
+from ipt_jax import files
 from ipt_jax import inference
-from ipt_jax import tasks as tasks_lib
+from ipt_jax import weights
+
+CHECKPOINT = cli.checkpoint_flags()
+TASKS = cli.tasks_flag()
+INFERENCE = cli.inference_flags()
+OUTPUT_DIR = cli.output_dir_flag()
+SUFFIX = flags.DEFINE_string('suffix', None, 'Appended to each output name (default: _<task>).')
 
 _SIXTEEN_BIT_GRAY = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _GRAY = ('1', 'L', 'LA', 'La', 'F')
@@ -46,7 +55,8 @@ _GRAY = ('1', 'L', 'LA', 'La', 'F')
 _OTHER_COLOUR_SPACES = ('CMYK', 'YCbCr', 'LAB', 'HSV')
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's RGB -> 'L'.
 # Failures that concern one file: reported, and the other files still restored.
-_FILE_ERRORS = (OSError, ValueError, MemoryError, Image.DecompressionBombError)
+# (OSError: the output could not be written.)
+_FILE_ERRORS = (errors.InputError, OSError, MemoryError, Image.DecompressionBombError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,18 +70,18 @@ class Picture:
 
 
 def read_picture(path) -> Picture:
-  """The image at `path`, or a ValueError saying why it cannot be read."""
+  """The image at `path`, or an InputError saying why it cannot be read."""
   try:
     with Image.open(path) as image:
       image = ImageOps.exif_transpose(image)  # Decodes it all, so damage shows here.
   except FileNotFoundError as e:
-    raise ValueError('no such file') from e
+    raise errors.InputError('no such file') from e
   except IsADirectoryError as e:
-    raise ValueError('a directory, not an image') from e
+    raise errors.InputError('a directory, not an image') from e
   except Image.UnidentifiedImageError as e:
-    raise ValueError('not an image Pillow can read (JPEG, PNG, BMP and WebP are supported)') from e
+    raise errors.InputError('not an image Pillow can read (JPEG, PNG, BMP and WebP are supported)') from e
   except (OSError, SyntaxError) as e:  # Pillow reports damaged data with either.
-    raise ValueError(f'damaged or unreadable image data ({" ".join(str(e).split())})') from e
+    raise errors.InputError(f'damaged or unreadable image data ({" ".join(str(e).split())})') from e
   return _split_channels(image)
 
 
@@ -111,11 +121,6 @@ def restore_picture(picture: Picture, restorer: inference.Restorer) -> Image.Ima
   return image
 
 
-def write_png(path, image: Image.Image):
-  """Saves `image` as a PNG at `path` atomically (its ICC profile, if any, included)."""
-  cli.write_atomically(path, lambda temporary: image.save(temporary, format='PNG'))
-
-
 def output_path(image_path, output_dir, suffix: str) -> pathlib.Path:
   return pathlib.Path(output_dir) / f'{pathlib.Path(image_path).stem}{suffix}.png'
 
@@ -133,13 +138,13 @@ def restore_files(image_paths: Sequence[str], restorer: inference.Restorer, outp
     try:
       resolved = os.path.realpath(target)
       if resolved in inputs:
-        raise ValueError(f'its output {target} would overwrite an input; choose another '
-                         '--output_dir or --suffix')
+        raise errors.InputError(f'its output {target} would overwrite an input; choose another '
+                                '--output_dir or --suffix')
       if resolved in taken:
-        raise ValueError(f'its output {target} is the output of an earlier image with the '
-                         'same name; restore them into separate folders')
-      taken.add(resolved)
-      write_png(target, restore_picture(read_picture(path), restorer))
+        raise errors.InputError(f'its output {target} is the output of an earlier image with the '
+                                'same name; restore them into separate folders')
+      files.write_png(target, restore_picture(read_picture(path), restorer))
+      taken.add(resolved)  # Only a written output: a failed image leaves its name free.
     except _FILE_ERRORS as e:
       failed.append(path)
       tqdm.tqdm.write(f'error: {path}: {" ".join(str(e).split())}', file=sys.stderr)
@@ -148,67 +153,30 @@ def restore_files(image_paths: Sequence[str], restorer: inference.Restorer, outp
   return failed
 
 
-def load_model(checkpoint_path, *, tasks: Sequence[str] | None = None,
-               num_heads: int | None = None, dtype: str = 'float32'):
-  """(model, params) of any checkpoint path (`checkpoint.load_params`), computing in `dtype`."""
-  overrides = {'dtype': jnp.dtype(dtype)}
-  if num_heads is not None:
-    overrides['num_heads'] = num_heads
-  return checkpoint.load_params(checkpoint_path, tasks=tasks, **overrides)
-
-
-def make_restorer(model, params, task: str, **options) -> inference.Restorer:
-  """A Restorer for the model's task called `task` (a clear error listing its tasks)."""
-  return inference.Restorer(model, params, tasks_lib.index(task, model.tasks), **options)
-
-
-def define_model_flags(tiling: str):
-  """The checkpoint and inference flags shared with `ipt_jax.evaluate` (`tiling` the default)."""
-  flags.DEFINE_string('checkpoint', None, 'A .pt / .pth / .safetensors file (official layout), '
-                      'a params directory, a training checkpoint step, checkpoints dir or workdir.')
-  flags.DEFINE_list('tasks', None, 'Task names of the heads of a PyTorch checkpoint, in order; '
-                    'needed unless it has the six pre-training heads.')
-  flags.DEFINE_integer('num_heads', None, 'Attention heads of a PyTorch checkpoint (default 12).')
-  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of the model.')
-  flags.DEFINE_enum('tiling', tiling, list(inference.MODES),
-                    "'official': the official forward_chop (published numbers); 'fast': tiles "
-                    '--overlap px apart with blended seams, several times fewer.')
-  flags.DEFINE_integer('overlap', inference.PAPER_OVERLAP, "Overlap of 'fast' tiles in pixels.")
-  flags.DEFINE_integer('tile_batch', 64, 'Tiles per model call; lower it if memory runs out.')
-  flags.DEFINE_bool('self_ensemble', False, 'Average the 8 flips / transposes (8x slower).')
-
-
-def restorer_from_flags(model, params, task: str) -> inference.Restorer:
-  return make_restorer(model, params, task, mode=FLAGS.tiling, overlap=FLAGS.overlap,
-                       tile_batch=FLAGS.tile_batch, self_ensemble=FLAGS.self_ensemble)
-
-
 def main(argv):
   unique = {}  # Each image once, in the order given.
   for path in argv[1:]:
     unique.setdefault(os.path.realpath(path), path)
   image_paths = list(unique.values())
   if not image_paths:
-    raise ValueError('No images given: python -m ipt_jax.restore --checkpoint=... --task=... '
-                     '--output_dir=DIR IMAGE...')
-  if not FLAGS.checkpoint or not FLAGS.task or not FLAGS.output_dir:
-    raise ValueError('--checkpoint, --task and --output_dir are required.')
-  model, params = load_model(FLAGS.checkpoint, tasks=FLAGS.tasks, num_heads=FLAGS.num_heads,
-                             dtype=FLAGS.dtype)
-  restorer = restorer_from_flags(model, params, FLAGS.task)
-  suffix = f'_{FLAGS.task}' if FLAGS.suffix is None else FLAGS.suffix
-  failed = restore_files(image_paths, restorer, FLAGS.output_dir, suffix)
+    raise errors.FlagError('no images given: python -m ipt_jax.restore --checkpoint=... '
+                           '--tasks=... --output_dir=DIR IMAGE...')
+  if SUFFIX.value is not None and len(TASKS.value) > 1:
+    raise errors.FlagError(f'--suffix names the outputs of one task; with --tasks='
+                           f'{",".join(TASKS.value)} each output is named <stem>_<task>.png.')
+  model, params = weights.load(CHECKPOINT.checkpoint.value, **CHECKPOINT.load_args(),
+                               dtype=INFERENCE.dtype.value)
+  failed = set()
+  for task in TASKS.value:
+    restorer = inference.restorer(model, params, task, **INFERENCE.restorer_args())
+    suffix = f'_{task}' if SUFFIX.value is None else SUFFIX.value
+    failed.update(restore_files(image_paths, restorer, OUTPUT_DIR.value, suffix))
   if failed:
-    raise ValueError(f'{len(failed)} of {len(image_paths)} images could not be restored (see '
-                     f'above): {", ".join(failed)}')
-  print(f'Restored {len(image_paths)} image(s) into {FLAGS.output_dir}.')
+    raise errors.InputError(f'{len(failed)} of {len(image_paths)} images could not be restored '
+                            f'(see above): {", ".join(sorted(failed))}')
+  print(f'Restored {len(image_paths)} image(s) into {OUTPUT_DIR.value}.')
 
-
-FLAGS = flags.FLAGS
 
 if __name__ == '__main__':
-  define_model_flags(tiling='fast')
-  flags.DEFINE_string('task', None, "The model's task to run, e.g. sr_x2, denoise_30, derain.")
-  flags.DEFINE_string('output_dir', None, 'Folder for the restored PNGs (created if needed).')
-  flags.DEFINE_string('suffix', None, 'Appended to each output name (default: _<task>).')
+  flags.mark_flags_as_required(['checkpoint', 'tasks', 'output_dir'])
   cli.run(main)

@@ -8,7 +8,7 @@ canonical order of the official release; other tasks of the same kinds
 import dataclasses
 import re
 
-KINDS = ('sr', 'denoise', 'derain')
+from ipt_jax import errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,20 +43,20 @@ def get(name: str) -> Task:
     if match:
       task = make(match)
       if task.kind == 'sr' and not _is_supported_scale(task.scale):
-        raise ValueError(f'Task {name!r}: the IPT upsampler supports scales 2, 3 and powers '
-                         f'of 2 (2, 4, 8, ...), not {task.scale}.')
+        raise errors.InputError(f'Task {name!r}: the IPT upsampler supports scales 2, 3 and powers '
+                                f'of 2 (2, 4, 8, ...), not {task.scale}.')
       if task.kind == 'denoise' and task.sigma <= 0:
-        raise ValueError(f'Task {name!r}: the noise level must be positive.')
+        raise errors.InputError(f'Task {name!r}: the noise level must be positive.')
       return task
-  raise ValueError(f'Unknown task {name!r}. Valid names: {", ".join(PRETRAIN_NAMES)}, '
-                   'or sr_x<scale> / denoise_<sigma> for other scales and noise levels.')
+  raise errors.InputError(f'Unknown task {name!r}. Valid names: {", ".join(PRETRAIN_NAMES)}, '
+                          'or sr_x<scale> / denoise_<sigma> for other scales and noise levels.')
 
 
 def index(name: str, names: tuple[str, ...] = PRETRAIN_NAMES) -> int:
   """Position of task `name` in `names` (a model's tasks), with a clear error."""
   get(name)
   if name not in names:
-    raise ValueError(f'Task {name!r} is not one of this model\'s tasks: {", ".join(names)}.')
+    raise errors.InputError(f'Task {name!r} is not one of this model\'s tasks: {", ".join(names)}.')
   return names.index(name)
 
 

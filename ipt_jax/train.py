@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from ipt_jax import checkpoint
+from ipt_jax import errors
 from ipt_jax import losses
 from ipt_jax import metrics as metrics_lib
 from ipt_jax import parallel
@@ -38,11 +39,7 @@ class TrainState:
 
 def build_model(config: ml_collections.ConfigDict) -> ipt.IPT:
   """The IPT of `config.model` (a preset name plus field overrides) for `config.data.tasks`."""
-  fields = dict(config.model)
-  preset = fields.pop('preset')
-  if preset not in ipt.PRESETS:
-    raise ValueError(f'Unknown model preset {preset!r}; choose one of {", ".join(ipt.PRESETS)}.')
-  return ipt.from_config({**ipt.PRESETS[preset], **fields, 'tasks': tuple(config.data.tasks)})
+  return ipt.create(**config.model, tasks=config.data.tasks)
 
 
 def total_steps(config: ml_collections.ConfigDict) -> int:
@@ -95,19 +92,20 @@ def make_optimizer(config: ml_collections.ConfigDict, model: ipt.IPT,
   return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
 
-def create_train_state(model: ipt.IPT, tx: optax.GradientTransformation, mesh, *, seed: int,
-                       params=None) -> TrainState:
-  """A sharded TrainState at step 0, from fresh parameters or the given ones."""
+def create_train_state(model: ipt.IPT, tx: optax.GradientTransformation, mesh,
+                       config: ml_collections.ConfigDict, params=None) -> TrainState:
+  """A sharded TrainState at step 0, from fresh parameters (config.seed) or the given ones."""
   def init(params):
     if params is None:
-      params = model.init_params(jax.random.key(seed))
+      params = model.init_params(jax.random.key(config.seed))
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
-  shardings = state_shardings(mesh, jax.eval_shape(init, params))
+  shardings = state_shardings(mesh, jax.eval_shape(init, params), config)
   return jax.jit(init, out_shardings=shardings)(params)
 
 
-def state_shardings(mesh, abstract_state: TrainState) -> TrainState:
-  return parallel.tree_shardings(mesh, abstract_state)
+def state_shardings(mesh, abstract_state: TrainState,
+                    config: ml_collections.ConfigDict) -> TrainState:
+  return parallel.tree_shardings(mesh, abstract_state, config.mesh.fsdp_min_size_mb)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ipt.IPT,
@@ -145,7 +143,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ipt.IPT
 
 def make_train_steps(model, tx, schedule, config, mesh, abstract_state) -> dict[int, Callable]:
   """A jitted, state-donating train step per task index (compiled on first use)."""
-  shardings = state_shardings(mesh, abstract_state)
+  shardings = state_shardings(mesh, abstract_state, config)
   batch_shardings = {'lq': parallel.batch_sharding(mesh), 'hq': parallel.batch_sharding(mesh)}
   return {task: jax.jit(
       functools.partial(train_step, model=model, tx=tx, task=task, schedule=schedule,
@@ -177,8 +175,8 @@ def evaluate(model, params, eval_steps, eval_batches, mesh) -> tuple[dict, dict]
   return scalars, images
 
 
-class NonFiniteError(ValueError):
-  pass
+class NonFiniteError(errors.InputError):
+  """Training diverged: too many non-finite steps in a row."""
 
 
 def _check_finite(nonfinite_in_a_row, step: int, limit: int):
@@ -208,17 +206,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                jax.default_backend(), jax.process_index(), jax.process_count(),
                jax.device_count(), jax.local_device_count(), jax.local_devices()[0].device_kind)
   model = model or build_model(config)
+  if config.data.patch_size != model.patch_size:
+    raise errors.InputError(
+        f'data.patch_size is {config.data.patch_size} but the model takes {model.patch_size}x'
+        f'{model.patch_size} inputs; set --config.data.patch_size={model.patch_size}.')
   mesh = parallel.make_mesh(config.mesh.fsdp)
   parallel.check_batch_size(config.data.batch_size, mesh)
   steps = total_steps(config)
   schedule = learning_rate(config, steps)
   tx = make_optimizer(config, model, schedule)
-  state = create_train_state(model, tx, mesh, seed=config.seed, params=init_params)
+  state = create_train_state(model, tx, mesh, config, params=init_params)
   abstract_state = jax.eval_shape(lambda s: s, state)
   checkpoints = checkpoint.TrainCheckpoints(
       f'{workdir}/checkpoints', model, every=config.checkpoint_every,
       keep=config.keep_checkpoints)
-  state = checkpoints.restore_latest(abstract_state, state_shardings(mesh, abstract_state)) or state
+  state = checkpoints.restore_latest(
+      abstract_state, state_shardings(mesh, abstract_state, config)) or state
   start = int(state.step)
   logging.info('Training %s from step %d to %d on %d devices (mesh %s); %s parameters.',
                ', '.join(model.tasks), start, steps, mesh.size, dict(mesh.shape),

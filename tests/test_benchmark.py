@@ -28,25 +28,26 @@ def run(*args):
 
 
 def test_paper_forward_flops_match_the_published_count():
-  model = ipt.preset('paper')
+  model = ipt.create('paper')
   assert round(benchmark.forward_flops(model, 0) / 1e9, 1) == 66.6
   assert benchmark.forward_flops(model, 2) > benchmark.forward_flops(model, 0) > (
       benchmark.forward_flops(model, 3))
 
 
 @pytest.mark.parametrize('args,unit', [
-    (('--what=train', '--batch=4', '--steps=2', '--warmup_steps=1'), 'step'),
-    (('--what=infer', '--batch=8', '--steps=1', '--warmup_steps=0', '--image_size=60'), 'image'),
+    (('--what=train', '--config=configs/pretrain.py', '--batch=4', '--steps=2', '--warmup_steps=1'), 'step'),
+    (('--what=infer', '--tile_batch=8', '--steps=1', '--warmup_steps=0', '--image_size=60'), 'image'),
 ])
 def test_train_and_infer_benchmarks_run_without_tensorflow(args, unit):
-  out = run(*args, '--preset=tiny', '--dtype=float32')
+  out = run(*args, '--preset=tiny', '--tasks=sr_x2', '--dtype=float32')
   assert re.search(rf'[\d,.]+ images/s, [\d.]+ ms per {unit}', out), out
   assert re.search(r'TFLOP/s achieved', out) and re.search(r'compile [\d.]+ s', out), out
 
 
 def test_input_benchmark_command():
   result = subprocess.run(
-      [sys.executable, '-m', 'ipt_jax.benchmark', '--what=input', '--num_images=6',
+      [sys.executable, '-m', 'ipt_jax.benchmark', '--what=input', '--config=configs/pretrain.py',
+       '--num_images=6',
        '--batch=8', '--steps=3', '--warmup_steps=1'],
       cwd=REPO, capture_output=True, text=True, check=True, timeout=300)
   match = re.search(r'([\d.]+) samples/s in total, ([\d.]+) samples/s per core \((\d+) cores\)',

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_path
-from ipt_jax import checkpoint
 from ipt_jax import convert
+from ipt_jax import errors
+from ipt_jax import torch_layout
+from ipt_jax import weights
 from ipt_jax.models import ipt
 
 torch = pytest.importorskip('torch')
@@ -38,14 +40,14 @@ def _run_official_inputs(model, params, io, dtype):
 
 
 def test_float32_matches_the_official_model(official_sd, official_io):
-  model, params = convert.from_torch(official_sd, num_heads=2)
+  model, params = torch_layout.from_torch(official_sd, num_heads=2)
   for t, err in _run_official_inputs(model, params, official_io, jnp.float32):
     assert err.max() < 1e-2 and err.mean() < 2e-4, (t, err.max(), err.mean())
 
 
 def test_float64_matches_the_official_model_exactly(official_sd, official_io):
   with jax.enable_x64(True):
-    model, params = convert.from_torch(official_sd, num_heads=2, dtype=jnp.float64,
+    model, params = torch_layout.from_torch(official_sd, num_heads=2, dtype=jnp.float64,
                                        param_dtype=jnp.float64)
     for t, err in _run_official_inputs(model, params, official_io, jnp.float64):
       # The checkpoint's float32-rounded mean shift is used, so only float64 rounding is left.
@@ -53,8 +55,8 @@ def test_float64_matches_the_official_model_exactly(official_sd, official_io):
 
 
 def test_round_trip_is_exact(official_sd):
-  model, params = convert.from_torch(official_sd, num_heads=2)
-  back = convert.to_torch(params, model)
+  model, params = torch_layout.from_torch(official_sd, num_heads=2)
+  back = torch_layout.to_torch(params, model)
   assert list(back) == list(official_sd)
   for key, value in official_sd.items():
     assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
@@ -65,8 +67,8 @@ def test_round_trip_is_exact(official_sd):
                                            ('keys_paper_1task_sr_x2.json', ('sr_x2',))])
 def test_paper_layout_matches_the_released_checkpoints(fixture, tasks):
   keys = json.loads(shared_path('fixtures', fixture).read_text())
-  model = ipt.preset('paper', **({'tasks': tasks} if tasks else {}))
-  shapes = convert.official_shapes(model)
+  model = ipt.create('paper', **({'tasks': tasks} if tasks else {}))
+  shapes = torch_layout.official_shapes(model)
   assert list(shapes) == list(keys)
   assert {k: list(v) for k, v in shapes.items()} == keys
 
@@ -74,18 +76,18 @@ def test_paper_layout_matches_the_released_checkpoints(fixture, tasks):
 @pytest.fixture(scope='module')
 def one_task():
   """A tiny single-task (fine-tuned layout) model and its state_dict; no ../shared needed."""
-  model = ipt.preset('tiny', tasks=('sr_x4',))
+  model = ipt.create('tiny', tasks=('sr_x4',))
   params = model.init_params(jax.random.key(3))
-  return model, params, convert.to_torch(params, model)
+  return model, params, torch_layout.to_torch(params, model)
 
 
 def test_infers_sizes_and_needs_task_names_for_other_head_counts(one_task):
   model, params, sd = one_task
   with pytest.raises(ValueError, match=r'1 task head\(s\); name them in order with tasks='):
-    convert.from_torch(sd, num_heads=2)
+    torch_layout.from_torch(sd, num_heads=2)
   with pytest.raises(ValueError, match=r"names 2 task\(s\) but the checkpoint has 1"):
-    convert.from_torch(sd, tasks=('sr_x4', 'sr_x2'), num_heads=2)
-  got_model, got = convert.from_torch(sd, tasks=('sr_x4',), num_heads=2)
+    torch_layout.from_torch(sd, tasks=('sr_x4', 'sr_x2'), num_heads=2)
+  got_model, got = torch_layout.from_torch(sd, tasks=('sr_x4',), num_heads=2)
   assert got_model == model
   jax.tree.map(np.testing.assert_array_equal, got, jax.device_get(params))
 
@@ -94,7 +96,7 @@ def test_tail_not_matching_the_named_task_is_reported(one_task):
   _, _, sd = one_task
   with pytest.raises(ValueError, match=r'unexpected keys: tail\.0\.0\.2\.weight.*mis-shaped keys: '
                                        r'tail\.0\.0\.0\.weight: \(32, 8, 3, 3\), expected \(72'):
-    convert.from_torch(sd, tasks=('sr_x3',), num_heads=2)
+    torch_layout.from_torch(sd, tasks=('sr_x3',), num_heads=2)
 
 
 @pytest.mark.parametrize('edit,message', [
@@ -113,32 +115,32 @@ def test_bad_state_dicts_name_the_key(one_task, edit, message):
   sd = dict(sd)
   edit(sd)
   with pytest.raises(ValueError, match=message):
-    convert.from_torch(sd, tasks=('sr_x4',), num_heads=2)
+    torch_layout.from_torch(sd, tasks=('sr_x4',), num_heads=2)
 
 
 def test_num_heads_must_divide_the_embedding(one_task):
   _, _, sd = one_task
   with pytest.raises(ValueError, match='72 is not divisible by num_heads=5'):
-    convert.from_torch(sd, tasks=('sr_x4',), num_heads=5)
+    torch_layout.from_torch(sd, tasks=('sr_x4',), num_heads=5)
 
 
 def test_files_that_are_not_checkpoints(tmp_path):
   garbage = tmp_path / 'garbage.pt'
   garbage.write_bytes(b'not a checkpoint')
   with pytest.raises(ValueError, match='garbage.pt is not a PyTorch checkpoint'):
-    convert.read_state_dict(garbage)
+    torch_layout.read_state_dict(garbage)
   bad_st = tmp_path / 'garbage.safetensors'
   bad_st.write_bytes(b'\x00' * 16)
   with pytest.raises(ValueError, match='garbage.safetensors is not a readable .safetensors'):
-    convert.read_state_dict(bad_st)
+    torch_layout.read_state_dict(bad_st)
   a_list = tmp_path / 'list.pt'
   torch.save([torch.zeros(2)], a_list)
   with pytest.raises(ValueError, match='does not hold a state_dict'):
-    convert.read_state_dict(a_list)
-  with pytest.raises(FileNotFoundError, match='missing.pt does not exist'):
-    convert.read_state_dict(tmp_path / 'missing.pt')
+    torch_layout.read_state_dict(a_list)
+  with pytest.raises(errors.InputError, match='missing.pt: no such file'):
+    torch_layout.read_state_dict(tmp_path / 'missing.pt')
   with pytest.raises(ValueError, match="Unknown output format 'out.bin'"):
-    convert.write_state_dict({}, tmp_path / 'out.bin')
+    torch_layout.write_state_dict({}, tmp_path / 'out.bin')
 
 
 def _assert_same_params(a, b):
@@ -149,9 +151,9 @@ def _assert_same_params(a, b):
 def test_file_and_directory_round_trips_are_lossless(one_task, tmp_path):
   model, params, sd = one_task
   pt = tmp_path / 'model.pt'
-  convert.write_state_dict(sd, pt)
-  convert.convert(pt, tmp_path / 'dir', tasks=('sr_x4',), num_heads=2)
-  loaded_model, loaded = checkpoint.load_params(tmp_path / 'dir')
+  torch_layout.write_state_dict(sd, pt)
+  convert.convert(pt, tmp_path / 'dir', checkpoint_tasks=('sr_x4',), num_heads=2)
+  loaded_model, loaded = weights.load(tmp_path / 'dir')
   assert loaded_model == model
   _assert_same_params(loaded, params)
 
@@ -160,21 +162,21 @@ def test_file_and_directory_round_trips_are_lossless(one_task, tmp_path):
   assert list(back) == list(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
 
   convert.convert(tmp_path / 'dir', tmp_path / 'model.safetensors')
-  convert.convert(tmp_path / 'model.safetensors', tmp_path / 'dir2', tasks=('sr_x4',),
+  convert.convert(tmp_path / 'model.safetensors', tmp_path / 'dir2', checkpoint_tasks=('sr_x4',),
                   num_heads=2)
-  _, again = checkpoint.load_params(tmp_path / 'dir2')
+  _, again = weights.load(tmp_path / 'dir2')
   _assert_same_params(again, params)
 
-  with pytest.raises(FileExistsError, match='dir2 already exists'):
-    convert.convert(pt, tmp_path / 'dir2', tasks=('sr_x4',), num_heads=2)
+  with pytest.raises(errors.InputError, match='dir2 already exists'):
+    convert.convert(pt, tmp_path / 'dir2', checkpoint_tasks=('sr_x4',), num_heads=2)
 
 
 def test_failed_conversion_writes_nothing(one_task, tmp_path):
   _, _, sd = one_task
   sd = {k: v for k, v in sd.items() if not k.startswith('tail.')}
-  convert.write_state_dict(sd, tmp_path / 'broken.pt')
+  torch_layout.write_state_dict(sd, tmp_path / 'broken.pt')
   with pytest.raises(ValueError, match='missing keys'):
-    convert.convert(tmp_path / 'broken.pt', tmp_path / 'out', tasks=('sr_x4',), num_heads=2)
+    convert.convert(tmp_path / 'broken.pt', tmp_path / 'out', checkpoint_tasks=('sr_x4',), num_heads=2)
   assert sorted(os.listdir(tmp_path)) == ['broken.pt']
 
 
@@ -182,17 +184,17 @@ def test_cli_round_trip_and_one_line_errors(official_sd, tmp_path):
   pt = shared_path(*TINY, 'state_dict.pt')
   run = lambda *args: subprocess.run([sys.executable, '-m', 'ipt_jax.convert', *args],
                                      capture_output=True, text=True)
-  ok = run(f'--input={pt}', f'--output={tmp_path / "dir"}', '--num_heads=2')
+  ok = run(f'--checkpoint={pt}', f'--output={tmp_path / "dir"}', '--num_heads=2')
   assert ok.returncode == 0, ok.stderr
   assert 'Wrote' in ok.stdout
-  ok = run(f'--input={tmp_path / "dir"}', f'--output={tmp_path / "back.pt"}')
+  ok = run(f'--checkpoint={tmp_path / "dir"}', f'--output={tmp_path / "back.pt"}')
   assert ok.returncode == 0, ok.stderr
   back = torch.load(tmp_path / 'back.pt', weights_only=True)
   assert list(back) == list(official_sd)
   assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in official_sd.items())
 
-  failed = run(f'--input={tmp_path / "nothing.pt"}', f'--output={tmp_path / "x"}')
+  failed = run(f'--checkpoint={tmp_path / "nothing.pt"}', f'--output={tmp_path / "x"}')
   assert failed.returncode == 1
   assert failed.stderr.strip().splitlines()[-1] == (
-      f'error: {tmp_path / "nothing.pt"} does not exist or is not a file.')
+      f'error: {tmp_path / "nothing.pt"}: no such file.')
   assert not (tmp_path / 'x').exists()

@@ -171,9 +171,9 @@ def test_rain_config_is_validated():
     degrade.RainConfig(density=(0.5, 2.))
 
 
-def test_quantise_rounds_and_clips():
+def test_to_uint8_rounds_and_clips():
   values = tf.constant([-3., 0.4, 0.5, 1.5, 254.6, 300.])
-  np.testing.assert_array_equal(degrade.quantise(values).numpy(), [0, 0, 0, 2, 255, 255])
+  np.testing.assert_array_equal(degrade.to_uint8(values).numpy(), [0, 0, 0, 2, 255, 255])
 
 
 def test_rain_example_figure():

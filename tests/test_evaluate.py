@@ -11,9 +11,11 @@ from PIL import Image
 import pytest
 
 from tests.conftest import shared_path
+from ipt_jax import errors
 from ipt_jax import evaluate
+from ipt_jax import inference
 from ipt_jax import metrics
-from ipt_jax import restore
+from ipt_jax import weights
 from ipt_jax.data import benchmarks
 
 TINY_PT = ('fixtures', 'official_ipt_tiny', 'state_dict.pt')
@@ -63,7 +65,7 @@ def test_bicubic_from_lr_generated_from_hr_is_within_a_hundredth(data_dir, tmp_p
 def test_cli_prints_the_table_and_writes_json_and_images(data_dir, tmp_path):
   out = tmp_path / 'out'
   result = subprocess.run(
-      [sys.executable, '-m', 'ipt_jax.evaluate', '--model=bicubic', '--task=sr_x3',
+      [sys.executable, '-m', 'ipt_jax.evaluate', '--model=bicubic', '--tasks=sr_x3',
        f'--data_dir={data_dir}', '--sets=Set5', '--save_images', f'--output_dir={out}'],
       capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 0, result.stderr
@@ -90,7 +92,7 @@ def test_tiny_official_model_on_set5_x2(data_dir, tiny_pt, tmp_path):
   [set5] = scores
   assert len(set5.images) == 5
   assert np.isfinite([set5.psnr, set5.ssim, set5.images_per_second]).all()
-  assert applied['model_tasks'] == ['sr_x2', 'sr_x3', 'sr_x4', 'denoise_30', 'denoise_50',
+  assert applied['checkpoint_tasks'] == ['sr_x2', 'sr_x3', 'sr_x4', 'denoise_30', 'denoise_50',
                                     'derain']
   assert (applied['tiling'], applied['lr']) == ('fast', 'files')
 
@@ -118,7 +120,7 @@ def test_deraining_measures_the_whole_image(tiny_pt, tmp_path):
   options = tiny_options(tiny_pt, tmp_path, tasks=('derain',), data_dir=str(tmp_path / 'data'))
   [scores], _ = evaluate.evaluate(options)  # The default set for deraining: Rain100L.
   [pair] = benchmarks.load_derain(tmp_path / 'data')
-  restorer = restore.make_restorer(*restore.load_model(tiny_pt, num_heads=2), 'derain',
+  restorer = inference.restorer(*weights.load(tiny_pt, num_heads=2), 'derain',
                                    mode='fast', tile_batch=16)
   output = metrics.quantise(restorer(pair.lq))
   assert scores.images[0].psnr == pytest.approx(metrics.psnr_y(output, pair.hq, shave=0))
@@ -132,11 +134,11 @@ def test_a_task_the_checkpoint_lacks_is_refused_with_its_tasks(data_dir, tiny_pt
 
 
 def test_a_missing_set_folder_names_the_path_and_the_layout(data_dir):
-  with pytest.raises(FileNotFoundError) as error:
+  with pytest.raises(errors.InputError) as error:
     evaluate.evaluate(evaluate.Options(tasks=('sr_x4',), data_dir=data_dir, model='bicubic',
                                        sets=('Set5', 'NoSuchSet')))
   message = str(error.value)
-  assert f'{pathlib.Path(data_dir) / "NoSuchSet"} does not exist' in message
+  assert f'{pathlib.Path(data_dir) / "NoSuchSet"}: no such benchmark set folder' in message
   assert '<data_dir>/<Set>/HR/<name>.png' in message and 'LR_bicubic/X<scale>' in message
 
 

@@ -9,21 +9,25 @@ from PIL import Image
 
 from configs import finetune as finetune_config
 from configs import quickstart
-from ipt_jax import checkpoint
-from ipt_jax import convert
+from configs import pretrain
+from ipt_jax import errors
 from ipt_jax import evaluate
 from ipt_jax import finetune
+from ipt_jax import inference
 from ipt_jax import restore
+from ipt_jax import torch_layout
 from ipt_jax import train
+from ipt_jax import weights
 from tests.conftest import shared_path
 
 TINY_PT = ('fixtures', 'official_ipt_tiny', 'state_dict.pt')
 
 
-def config_for(task, init, **overrides):
+def config_for(task, init, num_heads=None, **overrides):
   """The fine-tuning config on the bundled samples, a few steps."""
   config = finetune_config.get_config(task)
-  config.init = str(init)
+  config.checkpoint = str(init)
+  config.model.num_heads = num_heads
   config.data.source, config.data.val_source = 'samples:train', 'samples:validation'
   config.data.image_key = 'image'
   config.data.batch_size = 4
@@ -37,8 +41,8 @@ def config_for(task, init, **overrides):
 
 def test_keeps_the_chosen_task_and_drops_the_others():
   pt = shared_path(*TINY_PT)
-  _, official = convert.from_torch(str(pt), num_heads=2)
-  model, params = finetune.init_model(config_for('sr_x4', pt, init_num_heads=2))
+  _, official = torch_layout.from_torch(str(pt), num_heads=2)
+  model, params = finetune.init_model(config_for('sr_x4', pt, num_heads=2))
   assert model.tasks == ('sr_x4',) and model.num_heads == 2 and model.n_feats == 8
   assert sorted(params) == ['body', 'head_sr_x4', 'tail_sr_x4']
   assert not [k for k in params['body'] if k.startswith('query_embed_') and 'sr_x4' not in k]
@@ -52,8 +56,8 @@ def test_keeps_the_chosen_task_and_drops_the_others():
 
 def test_a_new_task_gets_a_fresh_head_on_the_pretrained_body():
   pt = shared_path(*TINY_PT)
-  _, official = convert.from_torch(str(pt), num_heads=2)
-  model, params = finetune.init_model(config_for('sr_x8', pt, init_num_heads=2))
+  _, official = torch_layout.from_torch(str(pt), num_heads=2)
+  model, params = finetune.init_model(config_for('sr_x8', pt, num_heads=2))
   assert model.tasks == ('sr_x8',)
   assert 'upsample_2' in params['tail_sr_x8']  # Three x2 pixel shuffles.
   jax.tree.map(np.testing.assert_array_equal, params['body']['decoder_0'],
@@ -65,9 +69,9 @@ def test_a_new_task_gets_a_fresh_head_on_the_pretrained_body():
 def test_from_the_official_pt_runs_resumes_evaluates_and_restores(tmp_path, caplog):
   pt = shared_path(*TINY_PT)
   workdir = tmp_path / 'sr_x2'
-  finetune.finetune(config_for('sr_x2', pt, init_num_heads=2), str(workdir))
+  finetune.finetune(config_for('sr_x2', pt, num_heads=2), str(workdir))
   with caplog.at_level(logging.INFO):
-    state = finetune.finetune(config_for('sr_x2', pt, init_num_heads=2, total_steps=3),
+    state = finetune.finetune(config_for('sr_x2', pt, num_heads=2, total_steps=3),
                               str(workdir))
   assert 'Restored checkpoint step 2' in caplog.text
   assert int(state.step) == 3
@@ -79,8 +83,8 @@ def test_from_the_official_pt_runs_resumes_evaluates_and_restores(tmp_path, capl
 
   photo = tmp_path / 'photo.png'
   Image.fromarray(np.full((30, 50, 3), 120, np.uint8)).save(photo)
-  model, params = restore.load_model(str(workdir))
-  restorer = restore.make_restorer(model, params, 'sr_x2', mode='fast')
+  model, params = weights.load(str(workdir))
+  restorer = inference.restorer(model, params, 'sr_x2', mode='fast')
   assert restore.restore_files([str(photo)], restorer, tmp_path / 'out', '_x2') == []
   assert Image.open(tmp_path / 'out' / 'photo_x2.png').size == (100, 60)
 
@@ -93,20 +97,20 @@ def test_from_a_pretraining_run(tmp_path):
   train.train_and_evaluate(pretrain, str(tmp_path / 'pretrain'))
   config = config_for('denoise_30', tmp_path / 'pretrain', total_steps=1)
   _, params = finetune.init_model(config)
-  _, pretrained = checkpoint.load_params(tmp_path / 'pretrain')
+  _, pretrained = weights.load(tmp_path / 'pretrain')
   jax.tree.map(np.testing.assert_array_equal, params['head_denoise_30'],
                jax.device_get(pretrained['head_denoise_30']))
   state = finetune.finetune(config, str(tmp_path / 'ft'))
   assert int(state.step) == 1
-  assert checkpoint.load_params(tmp_path / 'ft')[0].tasks == ('denoise_30',)
+  assert weights.load(tmp_path / 'ft')[0].tasks == ('denoise_30',)
 
 
 def test_bad_configs_are_clear_errors(tmp_path):
-  with pytest.raises(ValueError, match='Set --config.init to a pre-training checkpoint'):
+  with pytest.raises(ValueError, match='Set --config.checkpoint to a pre-training checkpoint'):
     finetune.init_model(config_for('sr_x2', ''))
   config = config_for('sr_x2', tmp_path)
   config.data.tasks = ('sr_x2', 'sr_x3')
   with pytest.raises(ValueError, match='Fine-tuning trains one task'):
     finetune.init_model(config)
-  with pytest.raises(FileNotFoundError, match='does not exist'):
+  with pytest.raises(errors.InputError, match='no such file or directory'):
     finetune.init_model(config_for('sr_x2', tmp_path / 'nothing'))

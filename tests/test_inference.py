@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_path
-from ipt_jax import convert
 from ipt_jax import inference
+from ipt_jax import torch_layout
 
 TINY = ('fixtures', 'official_ipt_tiny')
 CHOP_TASKS = (0, 2, 3)  # sr_x2, sr_x4, denoise_30.
@@ -56,7 +56,7 @@ def chop():
 @pytest.fixture(scope='module')
 def tiny():
   pytest.importorskip('torch')
-  return convert.from_torch(shared_path(*TINY, 'state_dict.pt'), num_heads=2)
+  return torch_layout.from_torch(shared_path(*TINY, 'state_dict.pt'), num_heads=2)
 
 
 @pytest.fixture(scope='module')
@@ -85,7 +85,7 @@ def test_official_mode_reproduces_forward_chop(official, chop):
 def test_official_mode_is_exactly_forward_chop_in_float64(chop):
   pytest.importorskip('torch')
   with jax.enable_x64(True):
-    model, params = convert.from_torch(shared_path(*TINY, 'state_dict.pt'), num_heads=2,
+    model, params = torch_layout.from_torch(shared_path(*TINY, 'state_dict.pt'), num_heads=2,
                                        dtype=jnp.float64, param_dtype=jnp.float64)
     restorers = {t: inference.Restorer(model, params, t, tile_batch=8) for t in CHOP_TASKS}
     for t, name, out, err in _chop_errors(restorers, chop):

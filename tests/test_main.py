@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from ipt_jax import checkpoint
 from ipt_jax import convert
+from ipt_jax import losses
+from ipt_jax import weights
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -81,7 +83,7 @@ def test_writes_checkpoints_events_and_validation(straight_run):
   for task in ('sr_x2', 'denoise_30'):
     psnr = scalars(straight_run, f'val/psnr_{task}')
     assert psnr[STEPS] > psnr[STEPS // 2], (task, psnr)  # Validation PSNR rises.
-  model, _ = checkpoint.load_params(straight_run)
+  model, _ = weights.load(straight_run)
   assert model.tasks == ('sr_x2', 'denoise_30')
 
 
@@ -96,8 +98,8 @@ def test_resume_after_sigkill_is_exact(straight_run, tmp_path):
 
   expected, got = scalars(straight_run, 'loss'), scalars(tmp_path, 'loss')
   assert got == expected  # Bitwise, every step.
-  _, params = checkpoint.load_params(straight_run)
-  _, resumed = checkpoint.load_params(tmp_path)
+  _, params = weights.load(straight_run)
+  _, resumed = weights.load(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(params))
 
 
@@ -109,7 +111,7 @@ def test_sigterm_saves_the_current_step(tmp_path):
   saved = steps_saved(tmp_path)
   assert f'Pre-empted: saved step {saved[-1]}' in output
   assert 2 <= saved[-1] < 1000
-  model, params = checkpoint.load_params(tmp_path)
+  model, params = weights.load(tmp_path)
   assert jax.tree.structure(params) == jax.tree.structure(
       jax.eval_shape(model.init_params, jax.random.key(0)))
 
@@ -117,10 +119,10 @@ def test_sigterm_saves_the_current_step(tmp_path):
 def test_export_the_latest_step_to_pytorch_and_back(straight_run, tmp_path):
   pytest.importorskip('torch')
   convert.convert(straight_run / 'checkpoints', tmp_path / 'model.pt')
-  convert.convert(tmp_path / 'model.pt', tmp_path / 'back', tasks=('sr_x2', 'denoise_30'),
+  convert.convert(tmp_path / 'model.pt', tmp_path / 'back', checkpoint_tasks=('sr_x2', 'denoise_30'),
                   num_heads=2)
-  _, params = checkpoint.load_params(straight_run)
-  _, back = checkpoint.load_params(tmp_path / 'back')
+  _, params = weights.load(straight_run)
+  _, back = weights.load(tmp_path / 'back')
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(back), jax.device_get(params))
 
 

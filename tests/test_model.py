@@ -14,12 +14,12 @@ from tests.conftest import BLOCK_TENSORFLOW
 
 @pytest.fixture(scope='module')
 def tiny():
-  model = ipt.preset('tiny')
+  model = ipt.create('tiny')
   return model, model.init_params(jax.random.key(0))
 
 
 def test_paper_preset_has_the_official_parameter_count():
-  model = ipt.preset('paper')
+  model = ipt.create('paper')
   shapes = jax.eval_shape(model.init_params, jax.random.key(0))
   assert ipt.count_params(shapes) == 118_892_370
   assert ipt.count_params(shapes['body']) - 6 * 256 * 576 == 115_636_608 - 6 * 256 * 576
@@ -91,17 +91,17 @@ def test_task_lookup_errors():
 
 def test_unknown_preset():
   with pytest.raises(ValueError, match="Unknown model preset 'huge'; choose one of paper, small"):
-    ipt.preset('huge')
+    ipt.create('huge')
 
 
 def test_config_round_trip():
-  model = ipt.preset('small', tasks=('sr_x2', 'denoise_15'), dtype=jnp.bfloat16)
+  model = ipt.create('small', tasks=('sr_x2', 'denoise_15'), dtype=jnp.bfloat16)
   config = ipt.to_config(model)
   assert config['dtype'] == 'bfloat16' and config['tasks'] == ['sr_x2', 'denoise_15']
-  assert ipt.from_config(config) == model
-  assert ipt.from_config(config, dtype='float32').dtype == jnp.float32
-  with pytest.raises(ValueError, match='Unknown IPT config fields'):
-    ipt.from_config({**config, 'depth': 3})
+  assert ipt.create(**config) == model
+  assert ipt.create(**{**config, 'dtype': 'float32'}).dtype == jnp.float32
+  with pytest.raises(ValueError, match='Unknown IPT fields'):
+    ipt.create(**{**config, 'depth': 3})
 
 
 def test_pixel_shuffle_matches_pytorch():

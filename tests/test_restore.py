@@ -14,10 +14,10 @@ from PIL import Image
 import pytest
 
 from tests.conftest import shared_path
-from ipt_jax import checkpoint
-from ipt_jax import cli
+from ipt_jax import files
 from ipt_jax import inference
 from ipt_jax import restore
+from ipt_jax import weights
 
 TINY_PT = ('fixtures', 'official_ipt_tiny', 'state_dict.pt')
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -26,12 +26,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
 def tiny():
   pytest.importorskip('torch')
-  return checkpoint.load_params(shared_path(*TINY_PT), num_heads=2)
+  return weights.load(shared_path(*TINY_PT), num_heads=2)
 
 
 @pytest.fixture(scope='module')
 def sr_x2(tiny):
-  return restore.make_restorer(*tiny, 'sr_x2', mode='fast', tile_batch=4)
+  return inference.restorer(*tiny, 'sr_x2', mode='fast', tile_batch=4)
 
 
 class IdentityStub:
@@ -201,7 +201,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     raise OSError('disk full')
 
   with pytest.raises(OSError, match='disk full'):
-    cli.write_atomically(target, write_half)
+    files.write_atomically(target, write_half)
   assert not os.listdir(tmp_path)
 
 
@@ -211,7 +211,7 @@ def test_cli_restores_the_good_images_and_exits_non_zero(tmp_path):
   (tmp_path / 'bad.png').write_text('not an image')
   result = subprocess.run(
       [sys.executable, '-m', 'ipt_jax.restore', f'--checkpoint={shared_path(*TINY_PT)}',
-       '--num_heads=2', '--task=denoise_30', f'--output_dir={tmp_path / "out"}',
+       '--num_heads=2', '--tasks=denoise_30', f'--output_dir={tmp_path / "out"}',
        '--tile_batch=4', str(tmp_path / 'good.jpg'), str(tmp_path / 'bad.png'),
        str(tmp_path / 'missing.webp')], capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 1, result.stderr
@@ -228,4 +228,4 @@ def test_cli_restores_the_good_images_and_exits_non_zero(tmp_path):
 
 def test_a_task_the_checkpoint_lacks_is_refused_with_its_tasks(tiny):
   with pytest.raises(ValueError, match="'sr_x8' is not one of this model's tasks: sr_x2, sr_x3"):
-    restore.make_restorer(*tiny, 'sr_x8')
+    inference.restorer(*tiny, 'sr_x8')

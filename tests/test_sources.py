@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from configs import pretrain
 from ipt_jax.data import pipeline
 from ipt_jax.data import sources
 
@@ -66,7 +67,7 @@ def test_folder_conversions_skips_and_counts(mixed_folder):
   source = sources.open_source(f'folder:{folder}', min_size=SIZE)
   assert source.stats() == sources.SourceStats(files=11, usable=8, unreadable=2, too_small=1)
   assert source.epoch_size == 8
-  config = pipeline.default_config()
+  config = pretrain.data_config()
   config.val_source = f'folder:{folder}'
   config.tasks = ('denoise_30',)
   config.crops_per_image = 1

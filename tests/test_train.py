@@ -33,7 +33,7 @@ class Trainer:
     self.mesh = mesh or parallel.make_mesh()
     self.schedule = train.learning_rate(config, 100)
     self.tx = train.make_optimizer(config, self.model, self.schedule)
-    self.state = train.create_train_state(self.model, self.tx, self.mesh, seed=0, params=params)
+    self.state = train.create_train_state(self.model, self.tx, self.mesh, config, params=params)
     self.steps = train.make_train_steps(self.model, self.tx, self.schedule, config, self.mesh,
                                         jax.eval_shape(lambda s: s, self.state))
 
@@ -153,9 +153,9 @@ def test_batch_must_divide_over_devices():
 SHARDED = textwrap.dedent('''
     import jax, numpy as np
     from ipt_jax import parallel, train
-    parallel.FSDP_MIN_SIZE = 1000  # Shard the tiny model's larger arrays too.
     from tests.test_train import Trainer, make_batch, small_config
     config = small_config()
+    config.mesh.fsdp_min_size_mb = 0.004  # Shard the tiny model's larger arrays too.
     params = train.build_model(config).init_params(jax.random.key(0))
     runs = {}
     for name, fsdp, devices in (('one', 1, jax.devices()[:1]), ('data4', 1, None),

@@ -23,6 +23,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from ipt_jax import errors
 from ipt_jax import tasks as tasks_lib
 from ipt_jax.data import degrade
 from ipt_jax.data import sources
@@ -52,9 +53,9 @@ def _hr_files(root: str | pathlib.Path, set_name: str) -> list[pathlib.Path]:
   folder = pathlib.Path(root) / set_name / 'HR'
   files = sorted(folder.glob('*.png'))
   if not files:
-    raise ValueError(f'No HR images for benchmark set {set_name!r}: expected PNG files in '
-                     f'{folder} (EDSR layout <root>/<Set>/HR/*.png). Check data_dir and the set '
-                     'name.')
+    raise errors.InputError(f'No HR images for benchmark set {set_name!r}: expected PNG files in '
+                            f'{folder} (EDSR layout <root>/<Set>/HR/*.png). Check data_dir and the set '
+                            'name.')
   return files
 
 
@@ -69,9 +70,9 @@ def load_sr(root: str | pathlib.Path, set_name: str, scale: int, *,
     if lr_path.exists() and not generate_lr:
       lr = read_rgb(lr_path)
       if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
-        raise ValueError(f'{lr_path} is {lr.shape[1]}x{lr.shape[0]}, but its HR image cropped '
-                         f'to a multiple of {scale} is {hr.shape[1]}x{hr.shape[0]}; remove the '
-                         'file or use generate_lr.')
+        raise errors.InputError(f'{lr_path} is {lr.shape[1]}x{lr.shape[0]}, but its HR image cropped '
+                                f'to a multiple of {scale} is {hr.shape[1]}x{hr.shape[0]}; remove the '
+                                'file or use generate_lr.')
     else:
       lr = np.round(np.clip(degrade.imresize_np(hr, 1 / scale), 0, 255)).astype(np.uint8)
     pairs.append(Pair(path.stem, lr, hr))
@@ -100,20 +101,20 @@ def load_derain(root: str | pathlib.Path, set_name: str = 'Rain100L') -> list[Pa
   folder = pathlib.Path(root) / set_name
   rainy_files = sorted(folder.rglob('rain-*.png'))
   if not rainy_files:
-    raise ValueError(f'No rain-XXX.png files under {folder}; expected Rain100L pairs '
-                     '(rain-XXX.png with norain-XXX.png).')
+    raise errors.InputError(f'No rain-XXX.png files under {folder}; expected Rain100L pairs '
+                            '(rain-XXX.png with norain-XXX.png).')
   pairs = []
   for rainy_path in rainy_files:
     clean_name = 'no' + rainy_path.name
     candidates = [rainy_path.with_name(clean_name), rainy_path.parent.parent / clean_name]
     clean_path = next((c for c in candidates if c.exists()), None)
     if clean_path is None:
-      raise ValueError(f'{rainy_path} has no clean counterpart: looked for '
-                       f'{" and ".join(map(str, candidates))}.')
+      raise errors.InputError(f'{rainy_path} has no clean counterpart: looked for '
+                              f'{" and ".join(map(str, candidates))}.')
     rainy, clean = read_rgb(rainy_path), read_rgb(clean_path)
     if rainy.shape != clean.shape:
-      raise ValueError(f'{rainy_path} and {clean_path} differ in size: {rainy.shape} vs '
-                       f'{clean.shape}.')
+      raise errors.InputError(f'{rainy_path} and {clean_path} differ in size: {rainy.shape} vs '
+                              f'{clean.shape}.')
     pairs.append(Pair(rainy_path.stem[len('rain-'):], rainy, clean))
   return pairs
 

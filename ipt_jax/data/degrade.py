@@ -25,6 +25,8 @@ from absl import logging
 from etils import epy
 import numpy as np
 
+from ipt_jax import errors
+
 
 def keep_tensorflow_on_cpu(*unused_args) -> None:
   """Hides GPUs and TPUs from TensorFlow: tf.data needs only the CPU; JAX owns accelerators."""
@@ -107,7 +109,7 @@ def imresize(image, scale: float) -> tf.Tensor:
       ceil(H * scale) x ceil(W * scale).
 
   Returns:
-    float32, neither rounded nor clipped (callers quantise).
+    float32, neither rounded nor clipped (callers round: `to_uint8`).
   """
   image = tf.convert_to_tensor(image)
   height, width = _static_hw(image.shape, 'imresize')
@@ -158,13 +160,13 @@ class RainConfig:
     for field in dataclasses.fields(self):
       low, high = getattr(self, field.name)
       if not low <= high:
-        raise ValueError(f'rain.{field.name}: the range must be (low, high) with low <= high, '
-                         f'got {(low, high)}.')
+        raise errors.InputError(f'rain.{field.name}: the range must be (low, high) with low <= high, '
+                                f'got {(low, high)}.')
     if self.density[0] < 0 or self.density[1] > 1:
-      raise ValueError(f'rain.density must lie in [0, 1], got {self.density}.')
+      raise errors.InputError(f'rain.density must lie in [0, 1], got {self.density}.')
     if self.length[0] < 1 or self.width[0] <= 0:
-      raise ValueError(f'rain.length must be >= 1 and rain.width > 0, got {self.length}, '
-                       f'{self.width}.')
+      raise errors.InputError(f'rain.length must be >= 1 and rain.width > 0, got {self.length}, '
+                              f'{self.width}.')
 
 
 def _uniform(shape, seed, value_range: tuple[float, float]) -> tf.Tensor:
@@ -234,14 +236,14 @@ def add_rain(image, seed, config: RainConfig = RainConfig()) -> tf.Tensor:
   return x if batched else x[0]
 
 
-def quantise(image) -> tf.Tensor:
+def to_uint8(image) -> tf.Tensor:
   """Round and clip to uint8, as images are stored."""
   return tf.cast(tf.round(tf.clip_by_value(image, 0., 255.)), tf.uint8)
 
 
 def rain_example(image: np.ndarray, seed=(0, 3), config: RainConfig = RainConfig()) -> np.ndarray:
   """`image` (uint8 RGB) and a rainy version of it side by side, 4 white pixels apart."""
-  rainy = quantise(add_rain(image, list(seed), config)).numpy()
+  rainy = to_uint8(add_rain(image, list(seed), config)).numpy()
   gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
   return np.concatenate([image, gap, rainy], axis=1)
 

@@ -36,6 +36,7 @@ from etils import epy
 import ml_collections
 import numpy as np
 
+from ipt_jax import errors
 from ipt_jax import tasks as tasks_lib
 from ipt_jax.data import degrade
 from ipt_jax.data import sources
@@ -48,34 +49,11 @@ _FOREVER = np.iinfo(np.int64).max
 _ORDER, _CROPS, _STEP, _EVAL = range(4)
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Every knob of the input pipeline, with IPT's pre-training values where it has them."""
-  config = ml_collections.ConfigDict()
-  # Clean images: 'tfds:<name>[:<split>]', 'folder:<path>' or 'samples[:<split>]'.
-  config.source = 'samples'
-  # Held-out images for evaluation during training (make_eval_batches).
-  config.val_source = 'samples:validation'
-  config.data_dir = None  # TFDS data_dir (local or gs://); None: TFDS's default.
-  config.image_key = 'image'  # The TFDS image feature, e.g. 'hr' for div2k.
-  config.shuffle_buffer = 1000  # TFDS records shuffled per epoch (encoded, ~110 KB each).
-  # Tasks in the model's order (the 'task' index of a batch refers to it) and the
-  # probability of training each at a step (empty: equal).
-  config.tasks = tasks_lib.PRETRAIN_NAMES
-  config.task_weights = ()
-  config.batch_size = 32  # Global: summed over hosts.
-  config.patch_size = 48  # The model's input size.
-  config.crops_per_image = 4  # Crops cut from each decoded image, to amortise decoding.
-  config.augment = True  # Random flips and rotations by multiples of 90 degrees.
-  # Ranges of the rain streak parameters (degrade.RainConfig); defaults like Rain100L.
-  config.rain = ml_collections.ConfigDict(dataclasses.asdict(degrade.RainConfig()))
-  return config
-
-
 def host_batch_size(global_batch_size: int, process_count: int) -> int:
   """Examples per host and step; the global batch must split evenly over hosts."""
   if global_batch_size < 1 or global_batch_size % process_count:
-    raise ValueError(f'The global batch size {global_batch_size} must be a positive multiple '
-                     f'of the number of hosts ({process_count}); change batch_size.')
+    raise errors.InputError(f'The global batch size {global_batch_size} must be a positive multiple '
+                            f'of the number of hosts ({process_count}); change batch_size.')
   return global_batch_size // process_count
 
 
@@ -154,7 +132,7 @@ def make_eval_batches(config: ml_collections.ConfigDict, *, num_examples: int,
   every call and every host gets the same arrays.
   """
   if num_examples < 1:
-    raise ValueError(f'num_examples must be positive, got {num_examples}.')
+    raise errors.InputError(f'num_examples must be positive, got {num_examples}.')
   task_list, _ = _tasks_and_weights(config)
   rain = _rain_config(config)
   crop, count = _largest_crop(config, task_list), config.crops_per_image
@@ -179,18 +157,18 @@ def make_eval_batches(config: ml_collections.ConfigDict, *, num_examples: int,
 def _tasks_and_weights(
     config: ml_collections.ConfigDict) -> tuple[tuple[tasks_lib.Task, ...], np.ndarray]:
   if not config.tasks:
-    raise ValueError('The data config lists no tasks; set tasks, e.g. '
-                     f'{tasks_lib.PRETRAIN_NAMES}.')
+    raise errors.InputError('The data config lists no tasks; set tasks, e.g. '
+                            f'{tasks_lib.PRETRAIN_NAMES}.')
   task_list = tuple(tasks_lib.get(name) for name in config.tasks)
   weights = np.asarray(config.task_weights or [1.] * len(task_list), np.float64)
   if weights.shape != (len(task_list),) or (weights < 0).any() or weights.sum() <= 0:
-    raise ValueError(f'task_weights {tuple(config.task_weights)} must be empty or have one '
-                     f'non-negative weight per task of {tuple(config.tasks)}, not all zero.')
+    raise errors.InputError(f'task_weights {tuple(config.task_weights)} must be empty or have one '
+                            f'non-negative weight per task of {tuple(config.tasks)}, not all zero.')
   for name, value in (('patch_size', config.patch_size),
                       ('crops_per_image', config.crops_per_image),
                       ('shuffle_buffer', config.shuffle_buffer)):
     if value < 1:
-      raise ValueError(f'{name} must be positive, got {value}.')
+      raise errors.InputError(f'{name} must be positive, got {value}.')
   return task_list, weights
 
 
@@ -203,8 +181,8 @@ def _rain_config(config: ml_collections.ConfigDict) -> degrade.RainConfig:
   fields = {f.name for f in dataclasses.fields(degrade.RainConfig)}
   unknown = set(config.rain) - fields
   if unknown:
-    raise ValueError(f'Unknown rain settings {sorted(unknown)}; valid: {sorted(fields)}.')
-  return degrade.RainConfig(**{k: tuple(v) for k, v in config.rain.items()})
+    raise errors.InputError(f'Unknown rain settings {sorted(unknown)}; valid: {sorted(fields)}.')
+  return degrade.RainConfig(**{k: tuple(v) for k, v in config.rain.items() if v is not None})
 
 
 # ---------------------------------------------------------------------------
@@ -318,7 +296,7 @@ def _degrade_for_task(crops, key, task: tasks_lib.Task, *, patch: int,
     lq = degrade.add_noise(hq, task.sigma, degrade_key)
   else:
     lq = degrade.add_rain(hq, degrade_key, rain)
-  return degrade.quantise(lq), hq
+  return degrade.to_uint8(lq), hq
 
 
 def _random_subcrops(images, size: int, key) -> tf.Tensor:

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 import skimage
 
+from ipt_jax import errors
 from ipt_jax.data import degrade
 
 with epy.lazy_imports(success_callback=degrade.keep_tensorflow_on_cpu):
@@ -121,23 +122,23 @@ def open_source(spec: str, *, min_size: int, data_dir: str | None = None,
   if kind == 'folder' and rest:
     root = pathlib.Path(rest).expanduser()
     if not root.is_dir():
-      raise ValueError(f'Image folder {str(root)!r} (source {spec!r}) does not exist or is not '
-                       'a folder; check the path.')
+      raise errors.InputError(f'Image folder {str(root)!r} (source {spec!r}) does not exist or is not '
+                              'a folder; check the path.')
     files = sorted(p for p in root.rglob('*')
                    if p.suffix.lower() in FOLDER_EXTENSIONS and p.is_file())
     if not files:
-      raise ValueError(f'Image folder {str(root)!r} has no {"/".join(FOLDER_EXTENSIONS)} files '
-                       '(searched recursively); point the source at a folder of images.')
+      raise errors.InputError(f'Image folder {str(root)!r} has no {"/".join(FOLDER_EXTENSIONS)} files '
+                              '(searched recursively); point the source at a folder of images.')
     return _files_source(spec, files, min_size, process_index, process_count)
   if kind == 'samples' and rest in ('', *SAMPLE_SPLITS):
     sample_dir = pathlib.Path(skimage.data_dir)
     files = [sample_dir / name for name in SAMPLE_SPLITS[rest or 'train']]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-      raise ValueError(f'scikit-image sample images are missing: {missing}; reinstall '
-                       'scikit-image (pip install --force-reinstall scikit-image).')
+      raise errors.InputError(f'scikit-image sample images are missing: {missing}; reinstall '
+                              'scikit-image (pip install --force-reinstall scikit-image).')
     return _files_source(spec, files, min_size, process_index, process_count)
-  raise ValueError(f'Unknown image source {spec!r}. {_SOURCE_HELP}')
+  raise errors.InputError(f'Unknown image source {spec!r}. {_SOURCE_HELP}')
 
 
 # ---------------------------------------------------------------------------
@@ -182,7 +183,8 @@ def _inspect(path: pathlib.Path) -> tuple[int, int, int] | str:
         return height, width, PNG
       image.load()
       return height, width, PILLOW
-  except Exception as e:  # pylint: disable=broad-except  # Any failure means unreadable.
+  # What Pillow raises for missing, truncated, damaged, foreign or oversized files.
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     return f'{type(e).__name__}: {e}'
 
 
@@ -192,8 +194,8 @@ def _files_source(spec: str, files: list[pathlib.Path], min_size: int,
   begin, end = _even_share(len(files), process_index, process_count)
   files = files[begin:end]
   if not files:
-    raise ValueError(f'Source {spec!r} has fewer images than hosts ({process_count}); host '
-                     f'{process_index} would get none. Use more images or fewer hosts.')
+    raise errors.InputError(f'Source {spec!r} has fewer images than hosts ({process_count}); host '
+                            f'{process_index} would get none. Use more images or fewer hosts.')
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
     infos = list(pool.map(_inspect, files))
   usable, unreadable, too_small = [], 0, 0
@@ -210,9 +212,9 @@ def _files_source(spec: str, files: list[pathlib.Path], min_size: int,
   logging.info('Source %s, host %d/%d: %s (images smaller than %d px are skipped).', spec,
                process_index, process_count, stats, min_size)
   if not usable:
-    raise ValueError(f'Source {spec!r} has no usable image on host {process_index}: of '
-                     f'{len(files)} files, {unreadable} are unreadable and {too_small} are '
-                     f'smaller than {min_size} px (the largest training crop).')
+    raise errors.InputError(f'Source {spec!r} has no usable image on host {process_index}: of '
+                            f'{len(files)} files, {unreadable} are unreadable and {too_small} are '
+                            f'smaller than {min_size} px (the largest training crop).')
   paths, heights, widths, formats = zip(*usable)
   table = {'path': tf.constant(paths), 'height': tf.constant(heights, tf.int32),
            'width': tf.constant(widths, tf.int32), 'format': tf.constant(formats, tf.int32)}
@@ -260,29 +262,29 @@ def _tfds_source(name: str, split: str, *, data_dir: str | None, image_key: str,
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'Unknown TFDS dataset {name!r} (source {spec!r}); see '
-                     'https://www.tensorflow.org/datasets/catalog for names.') from e
+    raise errors.InputError(f'Unknown TFDS dataset {name!r} (source {spec!r}); see '
+                            'https://www.tensorflow.org/datasets/catalog for names.') from e
   shown_dir = data_dir or '~/tensorflow_datasets'
   help_text = (_IMAGENET_HELP.format(data_dir=shown_dir) if name.startswith('imagenet2012')
                else _TFDS_HELP.format(name=name, data_dir=shown_dir))
   features = builder.info.features
   if image_key not in features or not isinstance(features[image_key], tfds.features.Image):
     images = [k for k, v in features.items() if isinstance(v, tfds.features.Image)]
-    raise ValueError(f'TFDS dataset {name!r} has no image feature {image_key!r}; set the data '
-                     f'config image_key to one of {images}.')
+    raise errors.InputError(f'TFDS dataset {name!r} has no image feature {image_key!r}; set the data '
+                            f'config image_key to one of {images}.')
   host_split = tfds.even_splits(split, process_count)[process_index]
   try:
     base = builder.as_dataset(split=host_split, shuffle_files=False,
                               decoders={image_key: tfds.decode.SkipDecoding()})
   except AssertionError as e:  # TFDS's way of saying the data is not there.
-    raise ValueError(f'TFDS dataset {name!r} is not prepared in {shown_dir}. '
-                     f'{help_text}') from e
+    raise errors.InputError(f'TFDS dataset {name!r} is not prepared in {shown_dir}. '
+                            f'{help_text}') from e
   except (KeyError, ValueError) as e:
-    raise ValueError(f'Cannot read split {split!r} of TFDS dataset {name!r}: {e}') from e
+    raise errors.InputError(f'Cannot read split {split!r} of TFDS dataset {name!r}: {e}') from e
   num_records = int(base.cardinality())
   if num_records <= 0:
-    raise ValueError(f'Host {process_index} of {process_count} gets no records of {spec!r}; '
-                     'use a larger split or fewer hosts.')
+    raise errors.InputError(f'Host {process_index} of {process_count} gets no records of {spec!r}; '
+                            'use a larger split or fewer hosts.')
   skipped = tf.Variable(0, dtype=tf.int64, trainable=False)
 
   def describe(example):
@@ -300,9 +302,9 @@ def _tfds_source(name: str, split: str, *, data_dir: str | None, image_key: str,
 
   # Reads up to the first usable record: all of them only when there is none.
   if not list(base.map(describe).filter(large_enough).take(1)):
-    raise ValueError(f'No image of {spec!r} on host {process_index} is at least {min_size} px '
-                     'in height and width (the largest training crop); use a dataset of larger '
-                     'images or smaller tasks.')
+    raise errors.InputError(f'No image of {spec!r} on host {process_index} is at least {min_size} px '
+                            'in height and width (the largest training crop); use a dataset of larger '
+                            'images or smaller tasks.')
 
   def records(order_seed, start):
     shuffle_seed = tf.random.stateless_uniform([], order_seed, minval=None, maxval=None,

@@ -8,6 +8,8 @@ Parameter names (used by `ipt_jax.convert` and by the per-task optimiser):
   head_<task>/{conv_in, res_0, res_1}
   body/{linear_encoding, pos_embed, query_embed_<task>, encoder_<i>, decoder_<i>, mlp_head}
   tail_<task>/{upsample_<i>, conv_out}
+
+The facts this module matches, with their sources, are in docs/ipt_reference.md ("Model").
 """
 from collections.abc import Sequence
 import math
@@ -19,14 +21,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ipt_jax import errors
 from ipt_jax import tasks as tasks_lib
 
 # Mean RGB of DIV2K on the [0, 1] scale, subtracted first and added back last.
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
+# Trainable parameters with the six pre-training tasks, and GFLOPs of one 48x48 sr_x2
+# forward pass (benchmark.forward_flops), to size runs and MFU.
 PRESETS = {
+    # The paper's model: 118,892,370 parameters (the official checkpoint's 118,892,394 less
+    # its 24 fixed mean-shift values); 66.6 GFLOPs.
     'paper': dict(n_feats=64, num_heads=12, num_layers=12, mlp_dim=2304),
+    # For quick experiments on one accelerator: 11,397,042 parameters; 6.7 GFLOPs.
     'small': dict(n_feats=32, num_heads=6, num_layers=4, mlp_dim=1152),
+    # For tests and CPU runs: 522,810 parameters; 0.33 GFLOPs.
     'tiny': dict(n_feats=8, num_heads=2, num_layers=2, mlp_dim=288),
 }
 
@@ -56,7 +65,15 @@ def conv(features: int, kernel_size: int, in_features: int, dtype, param_dtype,
 
 
 class ResBlock(nn.Module):
-  """conv 5x5 -> ReLU -> conv 5x5, plus identity."""
+  """conv 5x5 -> ReLU -> conv 5x5, plus identity.
+
+  The head's residual block (Chen et al. 2021, Sec. 3.1; official `model/common.py`
+  ResBlock with kernel size 5). Both convolutions keep the input's channel count.
+
+  Attributes:
+    dtype: compute dtype of the convolutions.
+    param_dtype: dtype of the kernels and biases.
+  """
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -74,7 +91,16 @@ def _pixel_dtype(dtype):
 
 
 class Head(nn.Module):
-  """Task head: conv 3x3 (3 -> n_feats), then two ResBlocks."""
+  """Task head: conv 3x3 (3 -> n_feats), then two ResBlocks.
+
+  One per task (Chen et al. 2021, Sec. 3.1, Fig. 2; official `model/ipt.py`, `ipt.head`).
+  Takes the mean-shifted image, returns an n_feats-channel map of the same size.
+
+  Attributes:
+    n_feats: output channels (64 in the paper), the body's feature channels.
+    dtype: compute dtype; the first convolution, which reads pixels, runs in at least float32.
+    param_dtype: dtype of the kernels and biases.
+  """
   n_feats: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -92,8 +118,23 @@ def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
   return einops.rearrange(x, 'b h w (c i j) -> b (h i) (w j) c', i=r, j=r)
 
 
+def upsampler_factors(scale: int) -> list[int]:
+  """Pixel-shuffle factors of a tail: x2^k: k times 2 (conv to 4n, shuffle 2); x3: once 3
+  (conv to 9n); x1: none."""
+  return [3] if scale == 3 else [2] * int(math.log2(scale))
+
+
 class Tail(nn.Module):
-  """Task tail: pixel-shuffle upsampler for the task's scale, then conv 3x3 (n_feats -> 3)."""
+  """Task tail: pixel-shuffle upsampler for the task's scale, then conv 3x3 (n_feats -> 3).
+
+  One per task (Chen et al. 2021, Sec. 3.1, Fig. 2; official `model/common.py` Upsampler
+  and `model/ipt.py`, `ipt.tail`).
+
+  Attributes:
+    scale: output size / input size: 1 (no upsampler), 3, or a power of 2.
+    dtype, param_dtype: compute dtype (the last convolution, which writes pixels, runs in at
+      least float32) and the dtype of the kernels and biases.
+  """
   scale: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -101,16 +142,29 @@ class Tail(nn.Module):
   @nn.compact
   def __call__(self, x):
     n_feats = x.shape[-1]
-    # x2^k: k times (conv to 4n, shuffle 2); x3: conv to 9n, shuffle 3; x1: nothing.
-    factors = [3] if self.scale == 3 else [2] * int(math.log2(self.scale))
-    for i, r in enumerate(factors):
+    for i, r in enumerate(upsampler_factors(self.scale)):
       x = conv(n_feats * r * r, 3, n_feats, self.dtype, self.param_dtype, f'upsample_{i}')(x)
       x = pixel_shuffle(x, r)
     return conv(3, 3, n_feats, _pixel_dtype(self.dtype), self.param_dtype, 'conv_out')(x)
 
 
 class Attention(nn.Module):
-  """Multi-head attention without biases, as torch.nn.MultiheadAttention(bias=False)."""
+  """Multi-head attention without biases, as torch.nn.MultiheadAttention(bias=False).
+
+  The attention of the encoder and decoder layers (Chen et al. 2021, Sec. 3.1; official
+  `model/ipt.py`, which builds it with bias=False). Separate query / key / value kernels
+  here stand for PyTorch's packed in_proj_weight (ipt_jax.convert splits and joins it).
+
+  Attributes:
+    num_heads: number of heads; the token width must divide by it (12 heads of 48 in the
+      paper).
+    qkv_init_bound: U(-bound, bound) init of the query / key / value kernels, to match the
+      initialisation of the official encoder or decoder.
+    dtype: compute dtype.
+    param_dtype: dtype of the kernels.
+    attention_impl: `implementation` of jax.nn.dot_product_attention (None: XLA picks;
+      'cudnn': fused attention on NVIDIA GPUs). Not used in float64.
+  """
   num_heads: int
   qkv_init_bound: float
   dtype: Any = jnp.float32
@@ -136,7 +190,17 @@ class Attention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-  """Linear -> ReLU -> Linear, with dropout after each linear."""
+  """Linear -> ReLU -> Linear, with dropout after each linear.
+
+  The feed-forward network of every encoder and decoder layer, and the body's `mlp_head`
+  (Chen et al. 2021, Sec. 3.1; official `model/ipt.py`). Output width = input width.
+
+  Attributes:
+    hidden_dim: width of the hidden layer (4x the token width, 2304, in the paper).
+    dropout_rate: dropout after each linear layer (0 in the paper).
+    dtype: compute dtype.
+    param_dtype: dtype of the kernels and biases.
+  """
   hidden_dim: int
   dropout_rate: float = 0.
   dtype: Any = jnp.float32
@@ -154,7 +218,16 @@ class MlpBlock(nn.Module):
 
 
 class _Layer(nn.Module):
-  """Common fields of the pre-norm encoder and decoder layers."""
+  """Common fields of the pre-norm encoder and decoder layers.
+
+  Attributes:
+    num_heads: attention heads.
+    mlp_dim: hidden width of the feed-forward network.
+    dropout_rate: dropout after attention and in the feed-forward network (0 in the paper).
+    dtype: compute dtype.
+    param_dtype: dtype of the parameters.
+    attention_impl: see Attention.
+  """
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.
@@ -179,7 +252,14 @@ class _Layer(nn.Module):
 
 
 class EncoderLayer(_Layer):
-  """x += MHA(LN x, LN x, LN x); x += FFN(LN x)."""
+  """x += MHA(LN x, LN x, LN x); x += FFN(LN x).
+
+  A pre-norm transformer encoder layer (Chen et al. 2021, Sec. 3.1, Fig. 2; official
+  `model/ipt.py`, TransformerEncoderLayer). LayerNorm epsilon 1e-5, as PyTorch.
+
+  Attributes:
+    num_heads, mlp_dim, dropout_rate, dtype, param_dtype, attention_impl: as _Layer.
+  """
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
@@ -191,7 +271,15 @@ class EncoderLayer(_Layer):
 
 
 class DecoderLayer(_Layer):
-  """Self-attention and cross-attention with the task embedding added to queries (and self keys)."""
+  """Self-attention and cross-attention with the task embedding added to queries (and self keys).
+
+  A pre-norm transformer decoder layer (Chen et al. 2021, Sec. 3.1, Fig. 2; official
+  `model/ipt.py`, TransformerDecoderLayer): with h = LN x and e the task embedding,
+  x += SelfMHA(h + e, h + e, h); x += CrossMHA(LN x + e, memory, memory); x += FFN(LN x).
+
+  Attributes:
+    num_heads, mlp_dim, dropout_rate, dtype, param_dtype, attention_impl: as _Layer.
+  """
 
   @nn.compact
   def __call__(self, x, memory, task_embed, deterministic: bool):
@@ -208,7 +296,25 @@ class DecoderLayer(_Layer):
 
 
 class Body(nn.Module):
-  """The shared transformer on non-overlapping patch_dim x patch_dim patch tokens."""
+  """The shared transformer on non-overlapping patch_dim x patch_dim patch tokens.
+
+  Chen et al. 2021, Sec. 3.1, Fig. 2; official `model/ipt.py`, VisionTransformer: tokens,
+  x += linear_encoding(x), + position embedding, encoder, decoder (input and memory both the
+  encoder output, task embedding added to queries), x += mlp_head(x), fold back.
+
+  Attributes:
+    num_tokens: patches per image, (patch_size / patch_dim)**2 (256 in the paper); the
+      number of rows of the position and task embeddings.
+    patch_dim: side of a patch in feature pixels (3).
+    num_heads: attention heads per layer.
+    num_layers: encoder layers, and as many decoder layers (12 each in the paper).
+    mlp_dim: hidden width of the feed-forward networks and of mlp_head.
+    tasks: task names, one learned embedding (`query_embed_<task>`) each.
+    dropout_rate: dropout rate (0 in the paper).
+    dtype: compute dtype; the residual stream stays in at least float32.
+    param_dtype: dtype of the parameters.
+    attention_impl: see Attention.
+  """
   num_tokens: int
   patch_dim: int
   num_heads: int
@@ -264,6 +370,27 @@ class IPT(nn.Module):
   [B, patch_size, patch_size, 3] and i a static index into `tasks`; returns
   [B, patch_size * scale, patch_size * scale, 3]. With `return_features=True` it also
   returns the body's output patch features [B, num_tokens, n_feats * patch_dim**2].
+
+  Chen et al. 2021, Sec. 3.1, Fig. 2; official `model/ipt.py`, class ipt: mean shift, the
+  task's head, the shared body plus the head's output (global residual), the task's tail,
+  mean shift back.
+
+  Attributes:
+    n_feats: feature channels of heads, body and tails (64 in the paper).
+    patch_size: input side in pixels (48); the embeddings are sized for it.
+    patch_dim: side of a token's patch (3), so a token has n_feats * patch_dim**2 values.
+    num_heads: attention heads per layer.
+    num_layers: encoder layers, and as many decoder layers.
+    mlp_dim: hidden width of the feed-forward networks (4x the token width in the paper).
+    tasks: task names in head / tail / embedding order (ipt_jax.tasks; the six pre-training
+      tasks by default).
+    dtype: compute dtype (e.g. bfloat16); pixel convolutions and the transformer's residual
+      stream stay in at least float32.
+    param_dtype: dtype of the parameters (float32).
+    dropout_rate: dropout in the body (0 in the paper).
+    attention_impl: see Attention.
+    rgb_mean: per-channel mean on the [0, 1] scale, subtracted (times 255) first and added
+      back last; fixed, not trained.
   """
   n_feats: int = 64
   patch_size: int = 48
@@ -326,13 +453,6 @@ class IPT(nn.Module):
     return jax.jit(lambda r: self.init(r, x, task=0))(rng)['params']
 
 
-def preset(name: str, **overrides) -> IPT:
-  """The IPT of a named size ('paper', 'small', 'tiny'); fields can be overridden."""
-  if name not in PRESETS:
-    raise ValueError(f'Unknown model preset {name!r}; choose one of {", ".join(PRESETS)}.')
-  return IPT(**{**PRESETS[name], **overrides})
-
-
 def task_of_param(path: Sequence[str], model_tasks: Sequence[str]) -> str | None:
   """The task a parameter belongs to (from its path of names), or None when shared."""
   for key in path:
@@ -347,7 +467,8 @@ _CONFIG_FIELDS = ('n_feats', 'patch_size', 'patch_dim', 'num_heads', 'num_layers
 
 
 def to_config(model: IPT) -> dict[str, Any]:
-  """The model's fields as JSON-friendly values (saved beside every checkpoint)."""
+  """The model's fields as JSON-friendly values (saved beside every checkpoint);
+  `create(**to_config(model)) == model`."""
   config = {f: getattr(model, f) for f in _CONFIG_FIELDS}
   config['dtype'] = jnp.dtype(model.dtype).name
   config['param_dtype'] = jnp.dtype(model.param_dtype).name
@@ -356,12 +477,20 @@ def to_config(model: IPT) -> dict[str, Any]:
   return config
 
 
-def from_config(config: dict[str, Any], **overrides) -> IPT:
-  """Inverse of `to_config`; `overrides` replace saved fields (e.g. dtype for inference)."""
-  unknown = set(config) - set(_CONFIG_FIELDS)
+def create(preset: str | None = None, **fields) -> IPT:
+  """The one way to build an IPT: a preset's sizes (when named), then `fields` on top.
+
+  Takes what configs and saved checkpoints hold (`to_config`): dtype names, lists for
+  tuples; a field set to None keeps its default.
+  """
+  if preset is not None and preset not in PRESETS:
+    raise errors.InputError(f'Unknown model preset {preset!r}; choose one of '
+                            f'{", ".join(PRESETS)}.')
+  unknown = set(fields) - set(_CONFIG_FIELDS)
   if unknown:
-    raise ValueError(f'Unknown IPT config fields {sorted(unknown)}; expected {_CONFIG_FIELDS}.')
-  fields = {**config, **overrides}
+    raise errors.InputError(f'Unknown IPT fields {sorted(unknown)}; valid: '
+                            f'{", ".join(_CONFIG_FIELDS)}.')
+  fields = {**PRESETS.get(preset, {}), **{k: v for k, v in fields.items() if v is not None}}
   for name in ('dtype', 'param_dtype'):
     if name in fields:
       fields[name] = jnp.dtype(fields[name])

@@ -1,0 +1,147 @@
+"""The shared command-line vocabulary and the one way every command fails."""
+import ast
+import pathlib
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+COMMANDS = ('main', 'finetune', 'evaluate', 'restore', 'convert', 'benchmark')
+# Flags of ipt_jax.cli: each must be the same everywhere it is taken.
+SHARED = ('checkpoint', 'checkpoint_tasks', 'num_heads', 'tasks', 'dtype', 'tiling', 'overlap',
+          'tile_batch', 'self_ensemble', 'output_dir', 'seed', 'config', 'workdir')
+
+
+def command(name, *args, **kwargs):
+  return subprocess.run([sys.executable, '-m', f'ipt_jax.{name}', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def key_flags():
+  """{command: {flag: (type, default)}} of the flags each command's --help lists."""
+  out = {}
+  for name in COMMANDS:
+    result = command(name, '--helpxml')
+    root = ET.fromstring(result.stdout)
+    out[name] = {f.findtext('name'): (f.findtext('type'), f.findtext('default'))
+                 for f in root.iter('flag') if f.findtext('key') == 'yes'}
+  return out
+
+
+def test_shared_flags_have_one_name_type_and_default_everywhere(key_flags):
+  seen = {}
+  for name, flags in key_flags.items():
+    for flag in SHARED:
+      if flag in flags:
+        seen.setdefault(flag, {})[name] = flags[flag]
+  for flag, by_command in seen.items():
+    assert len(set(by_command.values())) == 1, (flag, by_command)
+  # Who takes what (the README's table).
+  takes = lambda flag: sorted(c for c in COMMANDS if flag in key_flags[c])
+  assert takes('checkpoint') == ['convert', 'evaluate', 'restore']
+  assert takes('checkpoint_tasks') == ['convert', 'evaluate', 'restore']
+  assert takes('tasks') == ['benchmark', 'evaluate', 'restore']
+  assert takes('tiling') == ['benchmark', 'evaluate', 'restore']
+  assert takes('dtype') == ['benchmark', 'evaluate', 'restore']
+  assert takes('config') == ['benchmark', 'finetune', 'main']
+  assert takes('workdir') == ['finetune', 'main']
+  for old in ('input', 'task', 'init'):
+    assert not any(old in flags for flags in key_flags.values()), old
+
+
+def test_a_bug_inside_a_command_keeps_its_traceback(tmp_path):
+  # A KeyError raised where the command loads its weights: not bad input, so not one line.
+  program = ('import sys; from ipt_jax import convert, weights\n'
+             'def broken(*args, **kwargs): raise KeyError("a bug")\n'
+             'weights.load = broken\n'
+             f'sys.argv = ["convert", "--checkpoint={tmp_path}", "--output={tmp_path / "out"}"]\n'
+             'from ipt_jax import cli; cli.run(convert.main)\n')
+  result = subprocess.run([sys.executable, '-c', program], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode != 0
+  assert 'Traceback (most recent call last)' in result.stderr
+  assert "KeyError: 'a bug'" in result.stderr
+  assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('name,args,status,message', [
+    # A required flag missing, an unknown flag, a bad value: flag misuse, status 2.
+    ('convert', ['--output=x'], 2, 'error: flag --checkpoint=None: Flag --checkpoint must have a '
+     'value other than None. (see --help)'),
+    ('restore', ['--nosuchflag', 'x.png'], 2, 'error: Unknown command line flag'),
+    ('evaluate', ['--tasks=sr_x2', '--data_dir=.', '--tile_batch=0'], 2,
+     'error: flag --tile_batch=0: 0 is not a positive integer'),
+    ('evaluate', ['--tasks=sr_x2', '--data_dir=.', '--tiling=exact'], 2,
+     "error: flag --tiling=exact: value should be one of"),
+    ('main', ['--config=configs/quickstart.py', '--workdir=w', 'extra'], 2,
+     'error: unexpected arguments extra'),
+    ('restore', ['--checkpoint=c.pt', '--tasks=sr_x2', '--output_dir=o'], 2,
+     'error: no images given'),
+    ('benchmark', ['--what=train', '--tasks=sr_x2'], 2, 'error: --what=train needs --config'),
+    # Bad input: status 1.
+    ('convert', ['--checkpoint=nothing.pt', '--output=x'], 1, 'error: nothing.pt: no such file.'),
+    ('evaluate', ['--tasks=sr_x5', '--model=bicubic', '--data_dir=.'], 1,
+     "error: Task 'sr_x5': the IPT upsampler supports scales 2, 3 and powers of 2"),
+    ('evaluate', ['--tasks=sr_x2', '--model=bicubic', '--data_dir=nowhere'], 1,
+     'error: nowhere/Set5: no such benchmark set folder'),
+    ('main', ['--config=configs/quickstart.py', '--workdir=w', '--config.model.preset=huge'], 1,
+     "error: Unknown model preset 'huge'"),
+])
+def test_bad_input_is_one_line(tmp_path, name, args, status, message):
+  result = command(name, *args, env={**__import__('os').environ, 'JAX_PLATFORMS': 'cpu'})
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == status, result.stderr[-2000:]
+  assert lines and lines[-1].startswith(message), result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+  """ipt_jax modules that the module at `path` imports, anywhere in it."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('ipt_jax'):
+      found.update(f'{node.module}.{a.name}' for a in node.names)
+      found.add(node.module)
+    elif isinstance(node, ast.Import):
+      found.update(a.name for a in node.names if a.name.startswith('ipt_jax'))
+  return found
+
+
+def test_the_package_import_graph_has_no_cycles():
+  package = REPO / 'ipt_jax'
+  modules = {'.'.join(p.relative_to(REPO).with_suffix('').parts): p
+             for p in package.rglob('*.py') if p.name != '__init__.py'}
+  graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+  visiting, done = set(), set()
+
+  def visit(module, path):
+    assert module not in visiting, f'import cycle: {" -> ".join(path + [module])}'
+    if module in done:
+      return
+    visiting.add(module)
+    for dep in graph[module]:
+      visit(dep, path + [module])
+    visiting.discard(module)
+    done.add(module)
+
+  for module in graph:
+    visit(module, [])
+  # Library modules never import a command.
+  commands = {f'ipt_jax.{c}' for c in COMMANDS}
+  for module, deps in graph.items():
+    assert not deps & commands, (module, deps & commands)
+
+
+def test_the_repository_is_self_contained():
+  hits = subprocess.run(['grep', '-rn', r'\.\./shared', 'README.md', 'BENCHMARKS.md', 'docs',
+                         'ipt_jax', 'launch', 'configs'], cwd=REPO, capture_output=True,
+                        text=True)
+  assert hits.stdout == ''
+
+
+def test_configs_are_data():
+  for path in (REPO / 'configs').glob('*.py'):
+    assert not {i for i in _imports(path)}, f'{path.name} imports a library module'
