@@ -6,7 +6,8 @@
 The argument after ':' is the task: one of the checkpoint's (its head, tail and task
 embedding are kept, the others dropped) or a new one such as denoise_15 or sr_x8 (a fresh
 head and tail on the pre-trained body). Data: DIV2K HR images from TFDS, degraded on the fly
-(MATLAB bicubic, Gaussian noise or synthetic rain) as in pre-training.
+(MATLAB bicubic, Gaussian noise or synthetic rain) as in pre-training; deraining can also
+train on rainy / clean pairs (--config.data.source=pairs:/data/RainTrainL).
 """
 from ml_collections import config_dict
 
@@ -24,6 +25,7 @@ def get_config(arg=None):
   config.checkpoint_tasks = config_dict.placeholder(tuple)
 
   config.data.source = 'tfds:div2k/bicubic_x2:train'  # Only the 'hr' images are used.
+  # derain: real pairs as the official fine-tuning, --config.data.source=pairs:<RainTrainL>.
   config.data.val_source = 'tfds:div2k/bicubic_x2:validation'
   config.data.image_key = 'hr'
   config.data.tasks = (task,)
@@ -37,7 +39,7 @@ def get_config(arg=None):
   # EDSR / the official IPT code count an epoch as 1000 steps (--test_every).
   config.total_steps = 30 * 1000
   config.optimizer.lr = 2e-5
-  config.optimizer.end_lr = 2e-5
+  config.optimizer.decay_epochs = ()  # Constant, as the official fine-tuning.
   config.loss.contrastive_weight = 0.  # L1 only when fine-tuning.
   config.log_every = 100
   config.eval_every = 1000

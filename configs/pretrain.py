@@ -10,13 +10,14 @@ import ml_collections
 from ml_collections import config_dict
 
 # The six pre-training tasks in the official head / tail / task-embedding order.
-PRETRAIN_TASKS = ('sr_x2', 'sr_x3', 'sr_x4', 'denoise_30', 'denoise_50', 'derain')
+PRETRAIN_TASKS = ('sr_x2', 'sr_x3', 'sr_x4', 'derain', 'denoise_30', 'denoise_50')
 
 
 def data_config() -> ml_collections.ConfigDict:
   """The input pipeline (ipt_jax.data.pipeline)."""
   data = ml_collections.ConfigDict()
-  # Clean images: 'tfds:<name>[:<split>]', 'folder:<path>' or 'samples[:<split>]'.
+  # Clean images: 'tfds:<name>[:<split>]', 'folder:<path>' or 'samples[:<split>]'; or, for the
+  # derain task alone, real rainy / clean pairs: 'pairs:<path>' (rain-*.png with norain-*.png).
   data.source = 'tfds:imagenet2012:train'
   # Held-out images for evaluation during training.
   data.val_source = 'tfds:imagenet2012:validation'
@@ -36,6 +37,9 @@ def data_config() -> ml_collections.ConfigDict:
   data.rain = ml_collections.ConfigDict({
       name: config_dict.placeholder(tuple)
       for name in ('density', 'length', 'width', 'angle', 'intensity')})
+  # A folder of one-channel rain streak images (its rainstreak-* files if any, e.g. RainTrainL's,
+  # as the official MindSpore pre-training) cut and added to derain crops instead of `rain`.
+  data.rain_streaks = config_dict.placeholder(str)
   return data
 
 
@@ -56,12 +60,21 @@ def get_config(arg=None):
   config.num_train_images = 1_281_167  # ImageNet-1k train.
   config.total_steps = config_dict.placeholder(int)
 
+  # The official MindSpore recipe: one Adam over all parameters, each gradient tensor clipped
+  # to norm 1 on its own, lr 5e-5 halved at epoch 200. The alternatives: per_task_state=True
+  # (Adam moments per task, inactive tasks frozen), clip='global', schedule='cosine' (to end_lr).
   config.optimizer = ml_collections.ConfigDict(dict(
-      lr=5e-5, end_lr=2e-5, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
-      grad_clip=1.0))  # As the MindSpore release; 0 turns clipping off.
+      lr=5e-5, schedule='step', decay_epochs=(200,), decay_factor=0.5, end_lr=2e-5,
+      warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0, clip='per_tensor',
+      per_task_state=False))  # grad_clip=0 turns clipping off.
+  # Contrastive loss as the official code: all patches (contrastive_patches=0; N > 0 samples
+  # N per image, cheaper), one loss per contrastive_group consecutive images (0: the whole
+  # batch), averaged; shard-local when a group divides the batch per device. Float32
+  # similarities of a group of 64 x 256 patches: 1 GiB (3.4 GiB temporaries with the
+  # gradient; at batch 256 on 8 devices a group spans 2 devices, 1.7 GiB each); groups of 32:
+  # 256 MiB (0.85 GiB); the whole batch of 256: 16 GiB; 16 sampled patches over it: 64 MiB.
   config.loss = ml_collections.ConfigDict(dict(
-      contrastive_weight=0.1, temperature=0.07,
-      contrastive_patches=16))  # Patches sampled per image for the contrastive loss.
+      contrastive_weight=0.1, temperature=0.07, contrastive_patches=0, contrastive_group=64))
   config.max_nonfinite_steps = 10  # Non-finite steps in a row before training stops.
 
   # Devices: data parallel, times `fsdp` devices sharding each parameter of at least

@@ -2,9 +2,11 @@
 
 Every checkpoint directory holds the model config beside the params, so a path alone is
 enough to rebuild the model:
-  <dir>/params   Flax params (orbax)
-  <dir>/model    the IPT fields as JSON (`ipt.to_config`)
-A training run's `<workdir>/checkpoints/<step>` directories have this layout too.
+  <dir>/params          Flax params (orbax)
+  <dir>/model           the IPT fields as JSON (`ipt.to_config`)
+  <dir>/checksums.json  size and SHA-256 of every file, checked before loading (`integrity`)
+A training run's `<workdir>/checkpoints/<step>` directories have this layout too, plus
+<step>/train (step and optimiser state).
 """
 import signal
 
@@ -15,6 +17,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from ipt_jax import errors
+from ipt_jax import integrity
 from ipt_jax.models import ipt
 
 PARAMS, MODEL = 'params', 'model'
@@ -29,6 +32,8 @@ def save_params(directory, model: ipt.IPT, params):
     checkpointer.save(directory, ocp.args.Composite(**{
         PARAMS: ocp.args.StandardSave(params),
         MODEL: ocp.args.JsonSave(ipt.to_config(model))}))
+  if jax.process_index() == 0:
+    integrity.write_manifest(directory)
 
 
 def abstract_params(model: ipt.IPT, sharding: jax.sharding.Sharding | None = None):
@@ -64,13 +69,15 @@ def restore_params(directory, model: ipt.IPT, sharding: jax.sharding.Sharding | 
   return restored[PARAMS]
 
 
-def newest_params_dir(path) -> epath.Path:
-  """The params directory that `path` names: itself, or the newest step of a training run
-  (`path` a step, a `checkpoints` directory or a workdir)."""
+def find_params_dir(path) -> epath.Path:
+  """The intact params directory that `path` names: itself, or the newest intact step of a
+  training run (`path` a step, a `checkpoints` directory or a workdir; a damaged step is
+  reported in one warning line and the one before it used)."""
   path = epath.Path(path)
   if not path.exists():
     raise errors.InputError(f'{path}: no such file or directory.')
   if is_params_dir(path):
+    integrity.verify(path)
     return path
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
@@ -80,12 +87,19 @@ def newest_params_dir(path) -> epath.Path:
         f'{path}: not an IPT checkpoint. Expected an official .pt / .pth / .safetensors file, a '
         'params directory (params/ and model/, from ipt_jax.convert), a training checkpoint '
         'step, a checkpoints directory or a training workdir.')
-  return steps[0]
+  for step in steps:
+    try:
+      integrity.verify(step)
+      return step
+    except integrity.DamagedCheckpointError as e:
+      logging.warning('%s Trying the step before it.', e)
+  raise integrity.DamagedCheckpointError(
+      f'{path}: every checkpoint step is damaged (see the warnings above).')
 
 
 TRAIN = 'train'  # Item of a training step holding what resuming needs beyond params.
 # Model fields a run may change when it resumes: how it computes, not what it learns.
-_COMPUTE_FIELDS = ('dtype', 'attention_impl', 'dropout_rate')
+_COMPUTE_FIELDS = ('dtype', 'attention_impl', 'dropout_rate', 'remat')
 
 
 class TrainCheckpoints:
@@ -107,18 +121,47 @@ class TrainCheckpoints:
 
   def save(self, step: int, state, *, force: bool = False) -> bool:
     """Starts saving `state` (a train.TrainState) as `step` when due or forced."""
+    if not (force or self._manager.should_save(step)):
+      return False
+    self._write_manifests()  # Of the earlier saves, now that they have committed.
     return self._manager.save(step, force=force, args=ocp.args.Composite(**{
         PARAMS: ocp.args.StandardSave(state.params),
         MODEL: ocp.args.JsonSave(self._model_config),
         TRAIN: ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state})}))
 
+  def _write_manifests(self):
+    """Checksums for every committed step that has none yet (waits for a pending save)."""
+    self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._manager.all_steps():
+        if not integrity.has_manifest(self._step_dir(step)):
+          integrity.write_manifest(self._step_dir(step))
+
+  def _step_dir(self, step: int) -> epath.Path:
+    return epath.Path(self._manager.directory) / str(step)
+
+  def _newest_intact_step(self) -> int | None:
+    """The newest step whose files are intact; damaged ones are set aside as
+    `damaged_<step>` with one warning line each."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        integrity.verify(self._step_dir(step))
+        return step
+      except integrity.DamagedCheckpointError as e:
+        logging.warning('%s Set aside as damaged_%d; using the step before it.', e, step)
+        if jax.process_index() == 0:
+          self._step_dir(step).rename(self._step_dir(step).parent / f'damaged_{step}')
+        multihost_utils.sync_global_devices('ipt_jax: damaged checkpoint set aside')
+        self._manager.reload()
+    return None
+
   def restore_latest(self, abstract_state, shardings):
-    """The newest state (shaped and sharded as given), or None when there is none yet.
+    """The newest intact state (shaped and sharded as given), or None when there is none.
 
     A step saved by another model config is an error naming the differing fields: resuming
     it would mix two runs, and starting over would hide the user's checkpoints.
     """
-    step = self._manager.latest_step()
+    step = self._newest_intact_step()
     if step is None:
       return None
     self._check_model_config(step)
@@ -127,6 +170,7 @@ class TrainCheckpoints:
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
         PARAMS: ocp.args.StandardRestore(target.params),
         TRAIN: ocp.args.StandardRestore({'step': target.step, 'opt_state': target.opt_state})}))
+    integrity.check_finite(restored[PARAMS], self._step_dir(step))
     logging.info('Restored checkpoint step %d from %s.', step, self._manager.directory)
     return abstract_state.replace(params=restored[PARAMS], **restored[TRAIN])
 
@@ -135,7 +179,8 @@ class TrainCheckpoints:
         MODEL: ocp.args.JsonRestore()}))[MODEL]
     differing = [f'{k}: saved {saved.get(k)!r}, now {v!r}'
                  for k, v in self._model_config.items()
-                 if k not in _COMPUTE_FIELDS and saved.get(k) != v]
+                 if k not in _COMPUTE_FIELDS
+                 and _comparable(saved.get(k), k) != _comparable(v, k)]
     if differing:
       raise errors.InputError(
           f'{self._manager.directory}/{step} was saved by another model config '
@@ -143,9 +188,14 @@ class TrainCheckpoints:
           'give a new --workdir to start afresh.')
 
   def close(self):
-    """Waits for pending saves and releases the manager."""
-    self._manager.wait_until_finished()
+    """Waits for pending saves, writes their checksums and releases the manager."""
+    self._write_manifests()
     self._manager.close()
+
+
+def _comparable(value, field: str):
+  # Parameters are saved by task name, so a run may list its tasks in another order.
+  return sorted(value) if field == 'tasks' and value is not None else value
 
 
 class PreemptionWatcher:

@@ -10,6 +10,7 @@ directory. Reading .pt needs torch (`pip install ipt_jax[torch]`); .safetensors 
 safetensors.
 """
 from collections.abc import Sequence
+import pathlib
 
 from absl import flags
 from etils import epath
@@ -17,6 +18,7 @@ from etils import epath
 from ipt_jax import checkpoint
 from ipt_jax import cli
 from ipt_jax import errors
+from ipt_jax import files
 from ipt_jax import torch_layout
 from ipt_jax import weights
 from ipt_jax.models import ipt
@@ -31,11 +33,13 @@ def convert(checkpoint_path, output_path, *, checkpoint_tasks: Sequence[str] | N
   """Writes the checkpoint at `checkpoint_path` to `output_path`; returns its model."""
   if epath.Path(output_path).exists():
     raise errors.InputError(f'{output_path} already exists; choose a new output name.')
+  if '://' not in str(output_path):  # A local folder: check it before loading anything.
+    files.prepare_output_dir(pathlib.Path(output_path).parent)
   model, params = weights.load(checkpoint_path, checkpoint_tasks=checkpoint_tasks,
                                num_heads=num_heads)
   if epath.Path(output_path).suffix in torch_layout.SUFFIXES:
     torch_layout.write_state_dict(torch_layout.to_torch(params, model, as_numpy=True),
-                                  output_path)
+                                  output_path, torch_layout.metadata(model))
   else:
     checkpoint.save_params(output_path, model, params)
   return model

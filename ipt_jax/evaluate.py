@@ -117,28 +117,40 @@ class ImageScore:
 
 
 @dataclasses.dataclass(frozen=True)
+class Skipped:
+  """An image that could not be evaluated, and why."""
+  name: str
+  error: str
+
+
+@dataclasses.dataclass(frozen=True)
 class SetScore:
-  """The scores of one task on one benchmark set."""
+  """The scores of one task on one benchmark set (means over the images not skipped)."""
   task: str
   set_name: str
   images: tuple[ImageScore, ...]
+  skipped: tuple[Skipped, ...] = ()
+
+  def _mean(self, values) -> float:
+    return float(np.mean(values)) if self.images else float('nan')
 
   @property
   def psnr(self) -> float:
-    return float(np.mean([i.psnr for i in self.images]))
+    return self._mean([i.psnr for i in self.images])
 
   @property
   def ssim(self) -> float:
-    return float(np.mean([i.ssim for i in self.images]))
+    return self._mean([i.ssim for i in self.images])
 
   @property
   def images_per_second(self) -> float:
-    return len(self.images) / sum(i.seconds for i in self.images)
+    return len(self.images) / sum(i.seconds for i in self.images) if self.images else 0.
 
   def to_json(self) -> dict:
     return {'task': self.task, 'set': self.set_name, 'images': len(self.images),
             'psnr': self.psnr, 'ssim': self.ssim, 'images_per_second': self.images_per_second,
-            'per_image': [dataclasses.asdict(i) for i in self.images]}
+            'per_image': [dataclasses.asdict(i) for i in self.images],
+            'skipped': [dataclasses.asdict(s) for s in self.skipped]}
 
 
 def check_options(options: Options) -> list[tasks_lib.Task]:
@@ -177,21 +189,35 @@ def bicubic(task: tasks_lib.Task) -> Method:
   return lambda lq: degrade.imresize_np(lq, task.scale)
 
 
-def evaluate_set(method: Method, pairs: Sequence[benchmarks.Pair], task: tasks_lib.Task,
+def evaluate_set(method: Method, entries: Sequence[benchmarks.Entry], task: tasks_lib.Task,
                  set_name: str, *, image_dir: pathlib.Path | None = None) -> SetScore:
-  """Scores `method` on one set's pairs with the official protocol (quantised output, Y)."""
+  """Scores `method` on one set's images with the official protocol (quantised output, Y).
+
+  An image that cannot be read or measured is reported in one line and skipped.
+  """
   shave = metrics.border_shave(task)
-  scores = []
-  for pair in tqdm.tqdm(pairs, desc=f'{task.name} {set_name}', unit='image', leave=False,
-                        disable=None):
-    start = time.perf_counter()
-    output = metrics.quantise(method(pair.lq))
-    seconds = time.perf_counter() - start
-    scores.append(ImageScore(pair.name, float(metrics.psnr_y(output, pair.hq, shave)),
-                             float(metrics.ssim_y(output, pair.hq, shave)), seconds))
-    if image_dir:
-      files.write_png(image_dir / f'{pair.name}.png', Image.fromarray(output.astype(np.uint8)))
-  return SetScore(task.name, set_name, tuple(scores))
+  scores, skipped = [], []
+  for entry in tqdm.tqdm(entries, desc=f'{task.name} {set_name}', unit='image', leave=False,
+                         disable=None):
+    try:
+      scores.append(_score(method, entry.read(), shave, image_dir))
+    except errors.InputError as e:
+      skipped.append(Skipped(entry.name, str(e)))
+      tqdm.tqdm.write(f'error: {set_name} {entry.name}: {" ".join(str(e).split())}',
+                      file=sys.stderr)
+  return SetScore(task.name, set_name, tuple(scores), tuple(skipped))
+
+
+def _score(method: Method, pair: benchmarks.Pair, shave: int,
+           image_dir: pathlib.Path | None) -> ImageScore:
+  start = time.perf_counter()
+  output = metrics.quantise(method(pair.lq))
+  seconds = time.perf_counter() - start
+  score = ImageScore(pair.name, float(metrics.psnr_y(output, pair.hq, shave)),
+                     float(metrics.ssim_y(output, pair.hq, shave)), seconds)
+  if image_dir:
+    files.write_png(image_dir / f'{pair.name}.png', Image.fromarray(output.astype(np.uint8)))
+  return score
 
 
 def methods(options: Options, tasks: Sequence[tasks_lib.Task]) -> tuple[list[Method], dict]:
@@ -216,13 +242,12 @@ def evaluate(options: Options) -> tuple[list[SetScore], dict]:
   scores = []
   for task, method in zip(tasks, task_methods):
     for set_name in options.sets_for(task):
-      pairs = benchmarks.load(options.data_dir, set_name, task,
-                              generate_lr=options.lr == 'generated', seed=options.seed)
+      entries = benchmarks.entries(options.data_dir, set_name, task,
+                                   generate_lr=options.lr == 'generated', seed=options.seed)
       image_dir = None
       if options.save_images:
-        image_dir = options.resolved_output_dir / task.name / set_name
-        image_dir.mkdir(parents=True, exist_ok=True)
-      scores.append(evaluate_set(method, pairs, task, set_name, image_dir=image_dir))
+        image_dir = files.prepare_output_dir(options.resolved_output_dir / task.name / set_name)
+      scores.append(evaluate_set(method, entries, task, set_name, image_dir=image_dir))
   return scores, settings(options, model_settings)
 
 
@@ -260,10 +285,12 @@ def _checkpoint_name(path: str) -> str:
 
 
 def markdown_table(scores: Sequence[SetScore]) -> str:
-  lines = ['| task | set | images | PSNR (dB) | SSIM | images/s |',
-           '| --- | --- | ---: | ---: | ---: | ---: |']
+  skipped = any(s.skipped for s in scores)
+  lines = ['| task | set | images | PSNR (dB) | SSIM | images/s |' + (' skipped |' if skipped else ''),
+           '| --- | --- | ---: | ---: | ---: | ---: |' + (' ---: |' if skipped else '')]
   lines += [f'| {s.task} | {s.set_name} | {len(s.images)} | {s.psnr:.2f} | {s.ssim:.4f} | '
-            f'{s.images_per_second:.3g} |' for s in scores]
+            f'{s.images_per_second:.3g} |' + (f' {len(s.skipped)} |' if skipped else '')
+            for s in scores]
   return '\n'.join(lines)
 
 
@@ -285,12 +312,17 @@ def main(argv):
       overlap=INFERENCE.overlap.value, tile_batch=INFERENCE.tile_batch.value,
       self_ensemble=INFERENCE.self_ensemble.value, lr=LR.value, seed=SEED.value,
       output_dir=OUTPUT_DIR.value, save_images=SAVE_IMAGES.value)
+  files.prepare_output_dir(options.resolved_output_dir)  # Before minutes of work, not after.
   scores, applied = evaluate(options)
   applied['command'] = ' '.join(['python -m ipt_jax.evaluate'] + sys.argv[1:])
   print(markdown_table(scores))
   report_path = options.resolved_output_dir / 'results.json'
   write_report(report_path, scores, applied)
   print(f'\nWrote {report_path}')
+  skipped = sum(len(s.skipped) for s in scores)
+  if skipped:
+    raise errors.InputError(f'{skipped} image(s) could not be evaluated (see above); the others '
+                            f'are in the table and {report_path}.')
 
 
 if __name__ == '__main__':

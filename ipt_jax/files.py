@@ -1,15 +1,20 @@
-"""Files written whole or not at all."""
+"""Files written whole or not at all, into folders checked before any work."""
 from collections.abc import Callable
 import os
 import pathlib
 
 from PIL import Image
 
+from ipt_jax import errors
+
+# Temporary files are `.<name>.<pid>.<_TMP>` beside their target until renamed.
+_TMP = 'ipt_jax-tmp'
+
 
 def write_atomically(path, write: Callable[[str], None]):
   """Calls write(temporary path) beside `path`, then renames it to `path`: never half-written."""
   path = pathlib.Path(path)
-  temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  temporary = path.with_name(f'.{path.name}.{os.getpid()}.{_TMP}')
   try:
     write(os.fspath(temporary))
     os.replace(temporary, path)
@@ -20,3 +25,31 @@ def write_atomically(path, write: Callable[[str], None]):
 def write_png(path, image: Image.Image):
   """Saves `image` as a PNG at `path` atomically (its ICC profile, if any, included)."""
   write_atomically(path, lambda temporary: image.save(temporary, format='PNG'))
+
+
+def prepare_output_dir(directory) -> pathlib.Path:
+  """Creates `directory` if needed and checks it can be written to; removes temporary files
+  that a killed run left there."""
+  directory = pathlib.Path(directory)
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise errors.InputError(f'{directory}: cannot create the output folder ({e.strerror}); '
+                            'choose another.') from e
+  if not os.access(directory, os.W_OK | os.X_OK):
+    raise errors.InputError(f'{directory}: the output folder is not writable; choose another.')
+  for temporary in directory.glob(f'.*.{_TMP}'):
+    pid = temporary.name.split('.')[-2]
+    if not (pid.isdigit() and _is_running(int(pid))):
+      temporary.unlink(missing_ok=True)
+  return directory
+
+
+def _is_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process.
+    return True
+  return True

@@ -65,6 +65,7 @@ def init_model(config: ml_collections.ConfigDict) -> tuple[ipt.IPT, dict]:
 
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   """Fine-tunes (or resumes fine-tuning) as `config` says; returns the final state."""
+  train.check_config(config)  # Before the checkpoint is loaded.
   model, params = init_model(config)
   return train.train_and_evaluate(config, workdir, model=model, init_params=params)
 

@@ -11,6 +11,7 @@ the metrics return one value per image.
 """
 import numpy as np
 
+from ipt_jax import errors
 from ipt_jax import tasks
 
 # Y = (65.738 R + 129.057 G + 25.064 B) / 256 + 16 for RGB on the [0, 255] scale.
@@ -49,7 +50,8 @@ def _shaved_y(output, target, shave: int) -> tuple[np.ndarray, np.ndarray]:
   y_out, y_ref = rgb_to_y(output), rgb_to_y(target)
   height, width = y_out.shape[-2:]
   if min(height, width) <= 2 * shave:
-    raise ValueError(f'Images of {height}x{width} are too small to shave {shave} pixels.')
+    raise errors.InputError(f'an image of {width}x{height} is too small for the protocol, which '
+                            f'shaves {shave} pixels off each border.')
   window = (Ellipsis, slice(shave, height - shave), slice(shave, width - shave))
   return y_out[window], y_ref[window]
 
@@ -89,8 +91,8 @@ def ssim_y(output, target, shave: int = 0) -> np.ndarray:
   """
   x, y = _shaved_y(output, target, shave)
   if min(x.shape[-2:]) < 2 * _SSIM_RADIUS + 1:
-    raise ValueError(f'SSIM needs images of at least {2 * _SSIM_RADIUS + 1} pixels after '
-                     f'shaving, got {x.shape[-2:]}.')
+    raise errors.InputError(f'SSIM needs images of at least {2 * _SSIM_RADIUS + 1} pixels after '
+                            f'shaving, got {x.shape[-2:]}.')
   window = _gaussian_window()
   mu_x, mu_y = _filter_valid(x, window), _filter_valid(y, window)
   var_x = _filter_valid(x * x, window) - mu_x**2

@@ -32,6 +32,7 @@ import pathlib
 import sys
 
 from absl import flags
+from absl import logging
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
@@ -59,6 +60,18 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow's RG
 _FILE_ERRORS = (errors.InputError, OSError, MemoryError, Image.DecompressionBombError)
 
 
+def _check_range(image: Image.Image):
+  """Refuses pixel values that have no known place on IPT's 8-bit scale."""
+  if image.mode == 'F':
+    raise errors.InputError('a floating-point image: its value range is unknown; save it with '
+                            '8 or 16 bits per channel')
+  if image.mode == 'I':
+    low, high = image.getextrema()
+    if low < 0 or high > 65535:
+      raise errors.InputError(f'a 32-bit image with values {low}..{high}, outside the 16-bit '
+                              'range it is read on; save it with 8 or 16 bits per channel')
+
+
 @dataclasses.dataclass(frozen=True)
 class Picture:
   """A decoded image: what the model restores, and what is put back around its output."""
@@ -73,6 +86,9 @@ def read_picture(path) -> Picture:
   """The image at `path`, or an InputError saying why it cannot be read."""
   try:
     with Image.open(path) as image:
+      if getattr(image, 'n_frames', 1) > 1:
+        logging.warning('%s has %d frames (animated or multi-page): restoring the first.', path,
+                        image.n_frames)
       image = ImageOps.exif_transpose(image)  # Decodes it all, so damage shows here.
   except FileNotFoundError as e:
     raise errors.InputError('no such file') from e
@@ -86,6 +102,7 @@ def read_picture(path) -> Picture:
 
 
 def _split_channels(image: Image.Image) -> Picture:
+  _check_range(image)
   has_alpha = 'A' in image.getbands() or 'transparency' in image.info
   icc = None if image.mode in _OTHER_COLOUR_SPACES else image.info.get('icc_profile')
   if image.mode in _SIXTEEN_BIT_GRAY:
@@ -128,8 +145,7 @@ def output_path(image_path, output_dir, suffix: str) -> pathlib.Path:
 def restore_files(image_paths: Sequence[str], restorer: inference.Restorer, output_dir,
                   suffix: str) -> list[str]:
   """Restores each image into `output_dir`; returns the paths that failed (each reported)."""
-  output_dir = pathlib.Path(output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
+  output_dir = files.prepare_output_dir(output_dir)
   inputs = {os.path.realpath(p) for p in image_paths}
   taken = set()
   failed = []
@@ -164,6 +180,7 @@ def main(argv):
   if SUFFIX.value is not None and len(TASKS.value) > 1:
     raise errors.FlagError(f'--suffix names the outputs of one task; with --tasks='
                            f'{",".join(TASKS.value)} each output is named <stem>_<task>.png.')
+  files.prepare_output_dir(OUTPUT_DIR.value)  # Before the weights are loaded.
   model, params = weights.load(CHECKPOINT.checkpoint.value, **CHECKPOINT.load_args(),
                                dtype=INFERENCE.dtype.value)
   failed = set()

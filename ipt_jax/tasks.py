@@ -19,13 +19,15 @@ class Task:
   sigma: float = 0.  # Noise standard deviation on the [0, 255] scale.
 
 
+# The official order of the six-task model's heads, tails and task embeddings (the MindSpore
+# release's task_id; docs/ipt_reference.md, "Tasks").
 PRETRAIN_TASKS = (
     Task('sr_x2', 'sr', scale=2),
     Task('sr_x3', 'sr', scale=3),
     Task('sr_x4', 'sr', scale=4),
+    Task('derain', 'derain'),
     Task('denoise_30', 'denoise', sigma=30.),
     Task('denoise_50', 'denoise', sigma=50.),
-    Task('derain', 'derain'),
 )
 PRETRAIN_NAMES = tuple(t.name for t in PRETRAIN_TASKS)
 

@@ -7,12 +7,14 @@ no pickled code runs) and .safetensors, local or gs://; written atomically.
 """
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import json
 import math
 import os
 import pathlib
 import pickle
 from typing import Any
 
+from absl import logging
 from etils import epath
 import jax
 import numpy as np
@@ -170,6 +172,21 @@ def to_torch(params, model: ipt.IPT, *, as_numpy: bool = False) -> dict[str, Any
   return {k: torch.from_numpy(v) for k, v in state.items()}
 
 
+def _with_metadata(path, tasks, model_overrides: dict) -> tuple[Sequence[str] | None, dict]:
+  """Head names and head count from a .safetensors file this project wrote, where not given;
+  a warning where the head count is neither given nor recorded (.pt files)."""
+  metadata = read_metadata(path)
+  if tasks is None and metadata.get('tasks'):
+    tasks = tuple(metadata['tasks'].split(','))
+  if 'num_heads' not in model_overrides:
+    if 'num_heads' in metadata:
+      model_overrides = {**model_overrides, 'num_heads': int(metadata['num_heads'])}
+    else:
+      logging.warning('%s does not record its number of attention heads; assuming the paper\'s '
+                      '12 (pass --num_heads if it was trained with another).', path)
+  return tasks, model_overrides
+
+
 def infer_model(state_dict: Mapping[str, Any], tasks: Sequence[str] | None = None,
                 **model_overrides) -> ipt.IPT:
   """The IPT whose official state_dict has these shapes (num_heads defaults to 12)."""
@@ -215,7 +232,9 @@ def from_torch(state_dict_or_path, tasks: Sequence[str] | None = None,
   """
   state_dict = state_dict_or_path
   if isinstance(state_dict, (str, os.PathLike)):
-    state_dict = read_state_dict(state_dict)
+    path = state_dict
+    state_dict = read_state_dict(path)
+    tasks, model_overrides = _with_metadata(path, tasks, model_overrides)
   state_dict = {k: _to_numpy(v) for k, v in state_dict.items()}
   model = infer_model(state_dict, tasks, **model_overrides)
   _check_layout(state_dict, model)
@@ -287,8 +306,10 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
   try:
     with path.open('rb') as f:
       state = torch.load(f, map_location='cpu', weights_only=True)
-  # What torch.load raises for damaged, truncated, foreign or unsafe (pickled code) files.
-  except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+  # What torch.load (its weights-only unpickler, on this call alone) raises for damaged,
+  # truncated, foreign or unsafe (pickled code) files.
+  except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError,
+          TypeError, AttributeError) as e:
     raise errors.InputError(f'{path} is not a PyTorch checkpoint that torch.load(weights_only=True) '
                             f'can read ({type(e).__name__}: {str(e).split(". ")[0]}).') from e
   if not isinstance(state, Mapping) or not all(hasattr(v, 'shape') for v in state.values()):
@@ -297,8 +318,28 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
   return {k: _to_numpy(v) for k, v in state.items()}
 
 
-def write_state_dict(state_dict: Mapping[str, Any], path):
-  """Writes a .pt or .safetensors file atomically (temporary name, then rename)."""
+def read_metadata(path) -> dict[str, str]:
+  """The string metadata of a .safetensors file (its header's __metadata__); {} for .pt."""
+  path = epath.Path(path)
+  if path.suffix != '.safetensors':
+    return {}
+  with path.open('rb') as f:
+    size = int.from_bytes(f.read(8), 'little')
+    try:
+      return json.loads(f.read(size)).get('__metadata__') or {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise errors.InputError(f'{path} is not a readable .safetensors file ({e}).') from e
+
+
+def metadata(model: ipt.IPT) -> dict[str, str]:
+  """What the shapes of an official state_dict do not tell: written into .safetensors files."""
+  return {'format': 'ipt_jax', 'tasks': ','.join(model.tasks), 'num_heads': str(model.num_heads)}
+
+
+def write_state_dict(state_dict: Mapping[str, Any], path,
+                     file_metadata: dict[str, str] | None = None):
+  """Writes a .pt or .safetensors file (with `file_metadata`) atomically (temporary name,
+  then rename). A .pt holds the state_dict alone, as the official loader expects."""
   path = pathlib.Path(path)
   if path.suffix not in SUFFIXES:
     raise errors.InputError(f'Unknown output format {path.name!r}: use a .pt, .pth or .safetensors name, '
@@ -307,7 +348,7 @@ def write_state_dict(state_dict: Mapping[str, Any], path):
   if path.suffix == '.safetensors':
     from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
     arrays = {k: np.ascontiguousarray(_to_numpy(v)) for k, v in state_dict.items()}
-    files.write_atomically(path, lambda tmp: st.save_file(arrays, tmp))
+    files.write_atomically(path, lambda tmp: st.save_file(arrays, tmp, metadata=file_metadata))
   else:
     import torch  # pylint: disable=g-import-not-at-top
     tensors = {k: v if hasattr(v, 'detach') else torch.tensor(np.asarray(v))

@@ -42,6 +42,35 @@ def build_model(config: ml_collections.ConfigDict) -> ipt.IPT:
   return ipt.create(**config.model, tasks=config.data.tasks)
 
 
+def check_config(config: ml_collections.ConfigDict):
+  """Refuses settings that cannot train, before anything is loaded or written."""
+  positive = {'data.batch_size': config.data.batch_size, 'log_every': config.log_every,
+              'eval_every': config.eval_every, 'checkpoint_every': config.checkpoint_every,
+              'keep_checkpoints': config.keep_checkpoints, 'eval.num_examples':
+              config.eval.num_examples, 'max_nonfinite_steps': config.max_nonfinite_steps,
+              'optimizer.lr': config.optimizer.lr, 'optimizer.eps': config.optimizer.eps,
+              'loss.temperature': config.loss.temperature}
+  if config.get('total_steps') is None:
+    positive.update({'num_epochs': config.num_epochs,
+                     'num_train_images': config.num_train_images})
+  else:
+    positive['total_steps'] = config.total_steps
+  non_negative = {'optimizer.end_lr': config.optimizer.end_lr,
+                  'optimizer.warmup_steps': config.optimizer.warmup_steps,
+                  'optimizer.grad_clip': config.optimizer.grad_clip,
+                  'loss.contrastive_weight': config.loss.contrastive_weight}
+  for bound, fields in ((0, positive), (-1, non_negative)):
+    for name, value in fields.items():
+      if not (np.isfinite(value) and value > bound):
+        raise errors.InputError(f'config.{name} is {value}; it must be a '
+                                f'{"positive" if bound == 0 else "non-negative"} number '
+                                f'(--config.{name}=...).')
+  for name in ('b1', 'b2'):
+    if not 0 <= config.optimizer[name] < 1:
+      raise errors.InputError(f'config.optimizer.{name} is {config.optimizer[name]}; Adam\'s '
+                              'decay rates lie in [0, 1).')
+
+
 def total_steps(config: ml_collections.ConfigDict) -> int:
   """config.total_steps, or num_epochs over num_train_images at the global batch size."""
   if config.get('total_steps'):
@@ -50,12 +79,25 @@ def total_steps(config: ml_collections.ConfigDict) -> int:
 
 
 def learning_rate(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
-  """Cosine annealing from optimizer.lr to optimizer.end_lr, after an optional warm-up."""
+  """optimizer.schedule: 'step' (the official one: lr times decay_factor at each of
+  decay_epochs) or 'cosine' (lr annealed to end_lr over `steps`), after an optional warm-up."""
   opt = config.optimizer
-  return optax.warmup_cosine_decay_schedule(
-      init_value=opt.lr if not opt.warmup_steps else 0., peak_value=opt.lr,
-      warmup_steps=opt.warmup_steps, decay_steps=max(steps, opt.warmup_steps + 1),
-      end_value=opt.end_lr)
+  if opt.schedule == 'step':
+    steps_per_epoch = config.num_train_images / config.data.batch_size
+    # Scaled from the first step of each epoch named.
+    decay = optax.piecewise_constant_schedule(opt.lr, {
+        round(epoch * steps_per_epoch) - opt.warmup_steps: opt.decay_factor
+        for epoch in opt.decay_epochs})
+  elif opt.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(opt.lr, max(steps - opt.warmup_steps, 1),
+                                        alpha=opt.end_lr / opt.lr)
+  else:
+    raise errors.InputError(f"optimizer.schedule={opt.schedule!r}: use 'step' (official) or "
+                            "'cosine'.")
+  if not opt.warmup_steps:
+    return decay
+  warmup = optax.linear_schedule(0., opt.lr, opt.warmup_steps)
+  return optax.join_schedules([warmup, decay], [opt.warmup_steps])
 
 
 def param_groups(params, model_tasks) -> Any:
@@ -75,19 +117,42 @@ def _only_when_active(inner: optax.GradientTransformation, group: str):
   return optax.GradientTransformationExtraArgs(inner.init, update)
 
 
+def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
+  """Scales each gradient tensor to L2 norm at most `max_norm` on its own (MindSpore's
+  ClipByNorm per parameter, as the official IPT training)."""
+  def clip(g):
+    norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+    return (g * jnp.minimum(1., max_norm / jnp.maximum(norm, 1e-12))).astype(g.dtype)
+  return optax.stateless_with_tree_map(lambda g, _: clip(g))
+
+
+def _clipping(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  if not opt.grad_clip:
+    return optax.identity()
+  if opt.clip == 'per_tensor':
+    return clip_by_tensor_norm(opt.grad_clip)
+  if opt.clip == 'global':
+    return optax.clip_by_global_norm(opt.grad_clip)
+  raise errors.InputError(f"optimizer.clip={opt.clip!r}: use 'per_tensor' (official) or "
+                          "'global'.")
+
+
 def make_optimizer(config: ml_collections.ConfigDict, model: ipt.IPT,
                    schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
-  """Adam (per task group) with gradient clipping and the schedule, skipping non-finite steps.
+  """Gradient clipping, Adam and the schedule, skipping non-finite steps.
 
+  One Adam over all parameters (official: inactive tasks' heads and tails move on their
+  momentum), or with optimizer.per_task_state one Adam per task group, inactive tasks frozen.
   `update` takes the step's task name as the extra argument `active_task`.
   """
   opt = config.optimizer
   adam = lambda: optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)
-  groups = {g: _only_when_active(adam(), g) for g in (SHARED, *model.tasks)}
-  tx = optax.chain(
-      optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip else optax.identity(),
-      optax.partition(groups, functools.partial(param_groups, model_tasks=model.tasks)),
-      optax.scale_by_learning_rate(schedule))
+  if opt.per_task_state:
+    groups = {g: _only_when_active(adam(), g) for g in (SHARED, *model.tasks)}
+    adam_tx = optax.partition(groups, functools.partial(param_groups, model_tasks=model.tasks))
+  else:
+    adam_tx = adam()
+  tx = optax.chain(_clipping(opt), adam_tx, optax.scale_by_learning_rate(schedule))
   # Never apply a non-finite update: the loop stops after config.max_nonfinite_steps.
   return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
@@ -111,11 +176,14 @@ def state_shardings(mesh, abstract_state: TrainState,
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ipt.IPT,
                tx: optax.GradientTransformationExtraArgs, task: int, schedule: optax.Schedule,
                loss_config: ml_collections.ConfigDict, seed: int):
-  """One optimisation step on a batch of `task` ({'lq', 'hq'} uint8 NHWC)."""
+  """One optimisation step on a batch of `task`: {'lq', 'hq'} NHWC on the [0, 255] scale (uint8
+  or float) and optionally 'image_id' [B], the source image of each example (without it every
+  example is its own image): patches of one image are the contrastive positives."""
   # Randomness is a function of (seed, step): a resumed run draws the same numbers.
   patch_rng, dropout_rng = jax.random.split(jax.random.fold_in(jax.random.key(seed), state.step))
   lq = batch['lq'].astype(jnp.float32)
   hq = batch['hq'].astype(jnp.float32)
+  image_ids = batch.get('image_id')
 
   def loss_fn(params):
     out, features = model.apply({'params': params}, lq, task=task, train=True,
@@ -124,7 +192,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ipt.IPT
     contrastive = jnp.zeros([], jnp.float32)
     if loss_config.contrastive_weight:
       patches = losses.sample_patches(features, patch_rng, loss_config.contrastive_patches)
-      contrastive = losses.patch_contrastive(patches, loss_config.temperature)
+      contrastive = losses.grouped_contrastive(patches, image_ids, loss_config.temperature,
+                                               loss_config.contrastive_group)
     return l1 + loss_config.contrastive_weight * contrastive, {'l1': l1,
                                                                  'contrastive': contrastive}
 
@@ -144,7 +213,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ipt.IPT
 def make_train_steps(model, tx, schedule, config, mesh, abstract_state) -> dict[int, Callable]:
   """A jitted, state-donating train step per task index (compiled on first use)."""
   shardings = state_shardings(mesh, abstract_state, config)
-  batch_shardings = {'lq': parallel.batch_sharding(mesh), 'hq': parallel.batch_sharding(mesh)}
+  batch_shardings = parallel.batch_sharding(mesh)  # Every array of the batch dict, any keys.
   return {task: jax.jit(
       functools.partial(train_step, model=model, tx=tx, task=task, schedule=schedule,
                         loss_config=config.loss, seed=config.seed),
@@ -201,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from ipt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
 
+  check_config(config)
   logging.info('Config:\n%s', config)
   logging.info('JAX %s on %s: process %d of %d, %d devices (%d local: %s).', jax.__version__,
                jax.default_backend(), jax.process_index(), jax.process_count(),
@@ -217,6 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = make_optimizer(config, model, schedule)
   state = create_train_state(model, tx, mesh, config, params=init_params)
   abstract_state = jax.eval_shape(lambda s: s, state)
+  # Held-out data first: a bad val_source fails before the workdir is created.
+  eval_batches = pipeline.make_eval_batches(config.data, num_examples=config.eval.num_examples,
+                                            seed=config.seed)
   checkpoints = checkpoint.TrainCheckpoints(
       f'{workdir}/checkpoints', model, every=config.checkpoint_every,
       keep=config.keep_checkpoints)
@@ -232,8 +305,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write_hparams(_flat_hparams(config))
   train_steps = make_train_steps(model, tx, schedule, config, mesh, abstract_state)
   eval_steps = {t: make_eval_step(model, t) for t in range(len(model.tasks))}
-  eval_batches = pipeline.make_eval_batches(config.data, num_examples=config.eval.num_examples,
-                                            seed=config.seed)
   batches = pipeline.make_train_iterator(config.data, seed=config.seed, start_step=start,
                                          process_index=jax.process_index(),
                                          process_count=jax.process_count())
@@ -247,7 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       batch = next(batches)
       task = int(batch['task'])
       state, step_metrics = train_steps[task](
-          state, parallel.global_batch(mesh, {'lq': batch['lq'], 'hq': batch['hq']}))
+          state, parallel.global_batch(
+              mesh, {k: batch[k] for k in ('lq', 'hq', 'image_id')}))
       # The previous step's counter: reading it keeps the device busy with this step.
       _check_finite(nonfinite_in_a_row, step, config.max_nonfinite_steps)
       nonfinite_in_a_row = step_metrics['nonfinite_in_a_row']

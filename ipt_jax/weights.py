@@ -15,6 +15,7 @@ import jax
 
 from ipt_jax import checkpoint
 from ipt_jax import errors
+from ipt_jax import integrity
 from ipt_jax import torch_layout
 from ipt_jax.models import ipt
 
@@ -29,14 +30,17 @@ def load(path, *, checkpoint_tasks: Sequence[str] | None = None, num_heads: int 
     model_overrides['num_heads'] = num_heads
   if epath.Path(path).suffix in torch_layout.SUFFIXES:
     model, params = torch_layout.from_torch(os.fspath(path), checkpoint_tasks, **model_overrides)
+    integrity.check_finite(params, path)
     return model, jax.device_put(params, sharding)
-  directory = checkpoint.newest_params_dir(path)
+  directory = checkpoint.find_params_dir(path)
   model = checkpoint.read_model(directory)
   _check_saved(directory, model, 'num_heads', num_heads)
   if checkpoint_tasks is not None:
     _check_saved(directory, model, 'tasks', tuple(checkpoint_tasks))
   model = ipt.create(**{**ipt.to_config(model), **model_overrides})
-  return model, checkpoint.restore_params(directory, model, sharding)
+  params = checkpoint.restore_params(directory, model, sharding)
+  integrity.check_finite(params, directory)
+  return model, params
 
 
 def _check_saved(directory, model: ipt.IPT, field: str, given):

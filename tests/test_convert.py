@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import shared_path
+from ipt_jax import checkpoint
 from ipt_jax import convert
 from ipt_jax import errors
+from ipt_jax import tasks
 from ipt_jax import torch_layout
 from ipt_jax import weights
 from ipt_jax.models import ipt
@@ -52,6 +54,26 @@ def test_float64_matches_the_official_model_exactly(official_sd, official_io):
     for t, err in _run_official_inputs(model, params, official_io, jnp.float64):
       # The checkpoint's float32-rounded mean shift is used, so only float64 rounding is left.
       assert err.max() < 1e-8, (t, err.max())
+
+
+def test_six_heads_are_read_in_the_official_task_order(official_sd):
+  model, _ = torch_layout.from_torch(official_sd, num_heads=2)
+  assert model.tasks == ('sr_x2', 'sr_x3', 'sr_x4', 'derain', 'denoise_30', 'denoise_50')
+
+
+def test_params_saved_in_the_old_task_order_load_by_name(tmp_path):
+  # Checkpoints this project wrote before the order was corrected list denoising first; their
+  # parameters are named by task, so every task still gets its own head.
+  old_order = ('sr_x2', 'sr_x3', 'sr_x4', 'denoise_30', 'denoise_50', 'derain')
+  model = ipt.create('tiny', tasks=old_order)
+  params = model.init_params(jax.random.key(0))
+  checkpoint.save_params(tmp_path / 'old', model, params)
+  loaded_model, loaded = weights.load(tmp_path / 'old')
+  x = jax.random.uniform(jax.random.key(1), (1, 48, 48, 3), maxval=255.)
+  for name in ('derain', 'denoise_30', 'denoise_50'):
+    expected = model.apply({'params': params}, x, task=old_order.index(name))
+    got = loaded_model.apply({'params': loaded}, x, task=tasks.index(name, loaded_model.tasks))
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_round_trip_is_exact(official_sd):

@@ -30,9 +30,9 @@ def _bicubic_psnr(pairs, scale: int) -> float:
 def test_bicubic_baseline_matches_reference(set_name):
   root = shared_path('data', 'benchmark')
   for scale, expected in BICUBIC_PSNR[set_name].items():
-    generated = benchmarks.load_sr(root, set_name, scale, generate_lr=True)
+    generated = benchmarks.load(root, set_name, f'sr_x{scale}', generate_lr=True)
     assert abs(_bicubic_psnr(generated, scale) - expected) <= 0.01, (set_name, scale)
-    from_files = benchmarks.load_sr(root, set_name, scale)
+    from_files = benchmarks.load(root, set_name, f'sr_x{scale}')
     assert abs(_bicubic_psnr(from_files, scale) - expected) <= 0.01, (set_name, scale)
 
 
@@ -50,16 +50,16 @@ def test_sr_pairs_are_modcropped_rgb():
 
 def test_generated_lr_is_matlab_bicubic_of_hr():
   root = shared_path('data', 'benchmark')
-  pair = benchmarks.load_sr(root, 'Set5', 4, generate_lr=True)[0]
+  pair = benchmarks.load(root, 'Set5', 'sr_x4', generate_lr=True)[0]
   tf_lr = degrade.to_uint8(degrade.imresize(pair.hq, 1 / 4)).numpy()
   assert np.abs(tf_lr.astype(int) - pair.lq).max() <= 1  # float32 vs float64 rounding.
-  from_file = benchmarks.load_sr(root, 'Set5', 4)[0]
+  from_file = benchmarks.load(root, 'Set5', 'sr_x4')[0]
   assert np.abs(from_file.lq.astype(int) - pair.lq).mean() < 1.
 
 
 def test_denoise_inputs_are_seeded_and_not_rounded():
   root = shared_path('data', 'benchmark')
-  pairs = benchmarks.load_denoise(root, 'CBSD68', 30.)
+  pairs = benchmarks.load(root, 'CBSD68', 'denoise_30')
   assert len(pairs) == 68
   again = benchmarks.load(root, 'CBSD68', 'denoise_30')
   for pair, repeat in zip(pairs[:3], again[:3]):
@@ -72,7 +72,7 @@ def test_denoise_inputs_are_seeded_and_not_rounded():
     np.testing.assert_array_equal(pair.lq, np.clip(pair.hq + 30. * noise, 0, 255)
                                   .astype(np.float32))
     assert abs(noise.std() - 1) < 0.01
-  other_seed = benchmarks.load_denoise(root, 'CBSD68', 30., seed=1)[0]
+  other_seed = benchmarks.load(root, 'CBSD68', 'denoise_30', seed=1)[0]
   assert not np.array_equal(other_seed.lq, pairs[0].lq)
 
 
@@ -94,14 +94,14 @@ def test_rain100l_pairs(tmp_path):
     np.testing.assert_array_equal(pair.hq, 255 - image)
   (tmp_path / 'Rain100L' / 'norain-001.png').unlink()
   with pytest.raises(ValueError, match='rain-001.png has no clean counterpart'):
-    benchmarks.load_derain(tmp_path)
+    benchmarks.load(tmp_path, 'Rain100L', 'derain')
 
 
 def test_missing_sets_have_clear_errors(tmp_path):
   with pytest.raises(ValueError, match='No HR images for benchmark set .Set5.'):
-    benchmarks.load_sr(tmp_path, 'Set5', 2)
+    benchmarks.load(tmp_path, 'Set5', 'sr_x2')
   with pytest.raises(ValueError, match='No rain-XXX.png files'):
-    benchmarks.load_derain(tmp_path)
+    benchmarks.load(tmp_path, 'Rain100L', 'derain')
 
 
 def test_benchmarks_import_without_tensorflow():

@@ -1,4 +1,5 @@
-"""Tests of the degradations: MATLAB bicubic resize, Gaussian noise, rain streaks."""
+"""Tests of the degradations: MATLAB bicubic resize, Gaussian noise, rain streaks (synthetic and
+from streak images)."""
 import math
 
 import numpy as np
@@ -169,6 +170,32 @@ def test_rain_config_is_validated():
     degrade.RainConfig(angle=(10., -10.))
   with pytest.raises(ValueError, match='density'):
     degrade.RainConfig(density=(0.5, 2.))
+
+
+def test_streak_layers_are_added_cropped_and_clipped():
+  # Layer 0 is a distinct ramp, layer 1 all 255: every window tells where it came from.
+  ramp = np.arange(6 * 7, dtype=np.uint8).reshape(6, 7)
+  layers = degrade.StreakLayers.stack([ramp, np.full((5, 9), 255, np.uint8)])
+  assert layers.offsets.tolist() == [0, 42] and layers.pixels.shape == (42 + 45,)
+  images = np.full((16, 4, 4, 3), 100, np.uint8)
+  rainy = degrade.add_streaks(images, layers, [3, 4])
+  assert rainy.shape == (16, 4, 4, 3) and rainy.dtype == tf.float32
+  rainy = rainy.numpy()
+  np.testing.assert_array_equal(rainy, degrade.add_streaks(images, layers, [3, 4]).numpy())
+  assert not np.array_equal(rainy, degrade.add_streaks(images, layers, [3, 5]).numpy())
+  windows = {(t, l): ramp[t:t + 4, l:l + 4] for t in range(3) for l in range(4)}
+  seen = set()
+  for example in rainy:
+    streak = example[..., 0] - 100
+    assert (example == example[..., :1]).all()  # One streak on all channels.
+    if (example == 255).all():  # The 255 layer, clipped.
+      seen.add('clipped')
+      continue
+    [where] = [w for w, window in windows.items() if np.array_equal(streak, window)]
+    seen.add(where)
+  assert 'clipped' in seen and len(seen) > 4
+  with pytest.raises(ValueError, match='need streak layers at least that large'):
+    degrade.add_streaks(np.zeros((1, 6, 6, 3)), layers, [0, 0])
 
 
 def test_to_uint8_rounds_and_clips():

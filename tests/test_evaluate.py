@@ -81,7 +81,7 @@ def test_cli_prints_the_table_and_writes_json_and_images(data_dir, tmp_path):
   names = [i['name'] for i in set5['per_image']]
   assert sorted(os.listdir(out)) == ['results.json', 'sr_x3']
   assert sorted(os.listdir(out / 'sr_x3' / 'Set5')) == [f'{n}.png' for n in names]
-  for pair in benchmarks.load_sr(data_dir, 'Set5', 3):
+  for pair in benchmarks.load(data_dir, 'Set5', 'sr_x3'):
     with Image.open(out / 'sr_x3' / 'Set5' / f'{pair.name}.png') as image:
       assert image.mode == 'RGB' and np.asarray(image).shape == pair.hq.shape
 
@@ -92,8 +92,8 @@ def test_tiny_official_model_on_set5_x2(data_dir, tiny_pt, tmp_path):
   [set5] = scores
   assert len(set5.images) == 5
   assert np.isfinite([set5.psnr, set5.ssim, set5.images_per_second]).all()
-  assert applied['checkpoint_tasks'] == ['sr_x2', 'sr_x3', 'sr_x4', 'denoise_30', 'denoise_50',
-                                    'derain']
+  assert applied['checkpoint_tasks'] == ['sr_x2', 'sr_x3', 'sr_x4', 'derain', 'denoise_30',
+                                         'denoise_50']
   assert (applied['tiling'], applied['lr']) == ('fast', 'files')
 
 
@@ -119,7 +119,7 @@ def test_deraining_measures_the_whole_image(tiny_pt, tmp_path):
   write_images(tmp_path / 'data' / 'Rain100L', ['norain-001'], seed=2)
   options = tiny_options(tiny_pt, tmp_path, tasks=('derain',), data_dir=str(tmp_path / 'data'))
   [scores], _ = evaluate.evaluate(options)  # The default set for deraining: Rain100L.
-  [pair] = benchmarks.load_derain(tmp_path / 'data')
+  [pair] = benchmarks.load(tmp_path / 'data', 'Rain100L', 'derain')
   restorer = inference.restorer(*weights.load(tiny_pt, num_heads=2), 'derain',
                                    mode='fast', tile_batch=16)
   output = metrics.quantise(restorer(pair.lq))
@@ -128,7 +128,7 @@ def test_deraining_measures_the_whole_image(tiny_pt, tmp_path):
 
 def test_a_task_the_checkpoint_lacks_is_refused_with_its_tasks(data_dir, tiny_pt, tmp_path):
   with pytest.raises(ValueError, match="'sr_x8' is not one of this model's tasks: sr_x2, sr_x3, "
-                                       'sr_x4, denoise_30, denoise_50, derain'):
+                                       'sr_x4, derain, denoise_30, denoise_50'):
     evaluate.evaluate(tiny_options(tiny_pt, tmp_path, tasks=('sr_x8',), data_dir=data_dir,
                                    sets=('Set5',)))
 

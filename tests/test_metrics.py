@@ -45,7 +45,7 @@ def test_psnr_known_value_shave_and_batch():
 def test_psnr_errors():
   with pytest.raises(ValueError, match='shapes differ'):
     metrics.psnr_y(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
-  with pytest.raises(ValueError, match='too small to shave'):
+  with pytest.raises(ValueError, match='too small for the protocol'):
     metrics.psnr_y(np.zeros((4, 4, 3)), np.zeros((4, 4, 3)), shave=2)
   with pytest.raises(ValueError, match='RGB'):
     metrics.psnr_y(np.zeros((4, 4)), np.zeros((4, 4)))

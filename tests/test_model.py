@@ -78,7 +78,7 @@ def test_bad_task_is_a_clear_error(tiny):
 
 
 def test_task_lookup_errors():
-  with pytest.raises(ValueError, match='Unknown task .*sr_x2, sr_x3, sr_x4, denoise_30'):
+  with pytest.raises(ValueError, match='Unknown task .*sr_x2, sr_x3, sr_x4, derain, denoise_30'):
     tasks.get('deblur')
   with pytest.raises(ValueError, match='scales 2, 3 and powers of 2'):
     tasks.get('sr_x5')

@@ -60,16 +60,20 @@ def test_every_task_has_the_right_pairs(jpeg_folder):
   for index, batch in first.items():
     task = tasks.get(config.tasks[index])
     lq, hq = batch['lq'], batch['hq']
-    assert lq.dtype == hq.dtype == np.uint8
+    assert lq.dtype == np.float32 and hq.dtype == np.uint8
     assert lq.shape == (2, 48, 48, 3)
     assert hq.shape == (2, 48 * task.scale, 48 * task.scale, 3)
+    assert lq.min() >= 0 and lq.max() <= 255
     if task.kind == 'sr':
       expected = degrade.to_uint8(degrade.imresize(hq, 1 / task.scale)).numpy()
-      assert np.abs(lq.astype(int) - expected).max() <= 1
+      assert np.abs(lq - expected).max() <= 1 and (lq == np.round(lq)).all()
     elif task.kind == 'denoise':
-      assert 0.8 * task.sigma < (lq.astype(float) - hq).std() < 1.1 * task.sigma
+      assert 0.8 * task.sigma < (lq - hq).std() < 1.1 * task.sigma
+      # clip(x + sigma * N(0, 1), 0, 255) in float, not rounded: only the clipped are integers.
+      inside = (lq > 0) & (lq < 255)
+      assert inside.mean() > 0.5 and (lq[inside] != np.round(lq[inside])).all()
     else:
-      assert (lq >= hq).all() and (lq > hq).mean() > 0.01
+      assert (lq >= hq).all() and (lq > hq).mean() > 0.01 and (lq == np.round(lq)).all()
 
 
 def test_same_seed_same_batches(jpeg_folder):
@@ -77,8 +81,8 @@ def test_same_seed_same_batches(jpeg_folder):
   first, again, other = (_take(config, 4, seed=s) for s in (1, 1, 2))
   for a, b in zip(first, again):
     assert a['task'] == b['task']
-    np.testing.assert_array_equal(a['lq'], b['lq'])
-    np.testing.assert_array_equal(a['hq'], b['hq'])
+    for key in ('lq', 'hq', 'image_id'):
+      np.testing.assert_array_equal(a[key], b[key])
   assert any(a['hq'].shape != c['hq'].shape or not np.array_equal(a['hq'], c['hq'])
              for a, c in zip(first, other))
 
@@ -92,8 +96,8 @@ def test_resume_equals_uninterrupted_run(jpeg_folder, start_step):
   resumed = _take(config, 12 - start_step, seed=5, start_step=start_step)
   for a, b in zip(uninterrupted[start_step:], resumed):
     assert a['task'] == b['task']
-    np.testing.assert_array_equal(a['lq'], b['lq'])
-    np.testing.assert_array_equal(a['hq'], b['hq'])
+    for key in ('lq', 'hq', 'image_id'):
+      np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_hosts_share_the_schedule_and_see_disjoint_images(colour_folder):
@@ -106,6 +110,27 @@ def test_hosts_share_the_schedule_and_see_disjoint_images(colour_folder):
     colours.append({tuple(pixel) for b in run for pixel in b['hq'][:, 0, 0]})
   assert not colours[0] & colours[1]
   assert len(colours[0]) == len(colours[1]) == 5  # Every image of the host's share.
+
+
+def test_crops_of_one_image_share_an_image_id_unique_over_hosts(colour_folder):
+  # 4 crops per image, 8 per host and step: a batch holds 2 images' crops, shuffled.
+  config = _config(colour_folder, batch_size=16, crops_per_image=4,
+                   tasks=('sr_x2', 'denoise_30', 'derain'))
+  runs = [_take(config, 6, seed=0, process_index=i, process_count=2) for i in range(2)]
+  colour_of_id = {}
+  for run in runs:
+    for batch in run:
+      ids = batch['image_id']
+      assert ids.dtype == np.int32 and ids.shape == (8,)
+      assert sorted(np.unique(ids, return_counts=True)[1]) == [4, 4]
+      for image_id, pixel in zip(ids, batch['hq'][:, 0, 0]):
+        # Each image is one flat colour: one id, one colour.
+        assert colour_of_id.setdefault(int(image_id), tuple(pixel)) == tuple(pixel)
+  assert len(colour_of_id) == 24  # 6 steps x 2 images x 2 hosts: new ids for each epoch too.
+  assert len(set(colour_of_id.values())) == 10  # Every image of both hosts' shares.
+  assert {i % 2 for i in colour_of_id} == {0, 1}  # Image n of host h: id 2n + h.
+  # Shuffled within the batch: crops of one image are not always neighbours.
+  assert any((b['image_id'][:4] != b['image_id'][0]).any() for run in runs for b in run)
 
 
 def test_task_schedule():
@@ -150,7 +175,7 @@ def test_eval_batches_are_fixed():
   assert list(batches) == list(config.tasks)
   for name, pair in batches.items():
     scale = tasks.get(name).scale
-    assert pair['lq'].shape == (3, 48, 48, 3) and pair['lq'].dtype == np.uint8
+    assert pair['lq'].shape == (3, 48, 48, 3) and pair['lq'].dtype == np.float32
     assert pair['hq'].shape == (3, 48 * scale, 48 * scale, 3)
     np.testing.assert_array_equal(pair['lq'], again[name]['lq'])
     np.testing.assert_array_equal(pair['hq'], again[name]['hq'])
@@ -173,7 +198,7 @@ def test_tfds_imagenet_pipeline_mocked():
     assert batch['lq'].shape == (4, 8, 8, 3)
     assert batch['hq'].shape == (4, 8 * scale, 8 * scale, 3)
   for a, b in zip(batches[5:], resumed):
-    np.testing.assert_array_equal(a['hq'], b['hq'])
-    np.testing.assert_array_equal(a['lq'], b['lq'])
+    for key in ('lq', 'hq', 'image_id'):
+      np.testing.assert_array_equal(a[key], b[key])
   assert iterator.source_stats().too_small > 0
   assert eval_batches['sr_x2']['hq'].shape == (2, 16, 16, 3)

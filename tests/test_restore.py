@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 
 from tests.conftest import shared_path
+from ipt_jax import errors
 from ipt_jax import files
 from ipt_jax import inference
 from ipt_jax import restore
@@ -169,11 +170,11 @@ def test_bad_files_are_reported_by_name_and_the_others_restored(tmp_path, sr_x2,
   paths = [good[0], truncated, text, missing, tmp_path, good[1]]
   failed = restore.restore_files([str(p) for p in paths], sr_x2, tmp_path / 'out', '_x2')
   assert failed == [str(p) for p in paths[1:5]]
-  errors = capsys.readouterr().err
-  assert f'error: {truncated}: damaged or unreadable image data (image file is truncated' in errors
-  assert f'error: {text}: not an image Pillow can read' in errors
-  assert f'error: {missing}: no such file' in errors
-  assert f'error: {tmp_path}: a directory, not an image' in errors
+  stderr = capsys.readouterr().err
+  assert f'error: {truncated}: damaged or unreadable image data (image file is truncated' in stderr
+  assert f'error: {text}: not an image Pillow can read' in stderr
+  assert f'error: {missing}: no such file' in stderr
+  assert f'error: {tmp_path}: a directory, not an image' in stderr
   # Only the good images' outputs; nothing half-written, no temporary files.
   assert sorted(os.listdir(tmp_path / 'out')) == ['first_x2.png', 'last_x2.png']
 
@@ -191,6 +192,47 @@ def test_inputs_are_never_overwritten(tmp_path, sr_x2, capsys):
   failed = restore.restore_files([str(first), str(same_stem)], sr_x2, tmp_path / 'out', '')
   assert failed == [str(same_stem)]
   assert 'the output of an earlier image' in capsys.readouterr().err
+
+
+def test_a_failed_image_leaves_its_output_name_free(tmp_path, sr_x2, capsys):
+  damaged, good = tmp_path / 'photo.jpg', tmp_path / 'photo.png'
+  damaged.write_bytes(b'\xff\xd8 not really a JPEG')
+  Image.fromarray(random_pixels((16, 16, 3))).save(good)
+  failed = restore.restore_files([str(damaged), str(good)], sr_x2, tmp_path / 'out', '')
+  assert failed == [str(damaged)]
+  assert (tmp_path / 'out' / 'photo.png').exists()
+  assert 'earlier image' not in capsys.readouterr().err
+
+
+def test_a_killed_runs_temporary_files_are_removed_on_the_next_run(tmp_path, sr_x2):
+  out = tmp_path / 'out'
+  out.mkdir()
+  stale = out / '.photo_x2.png.999999999.ipt_jax-tmp'  # No such process.
+  stale.write_bytes(b'half a PNG')
+  Image.fromarray(random_pixels((16, 16, 3))).save(tmp_path / 'photo.png')
+  restore.restore_files([str(tmp_path / 'photo.png')], sr_x2, out, '_x2')
+  assert sorted(os.listdir(out)) == ['photo_x2.png']
+
+
+def test_animated_images_use_the_first_frame_with_a_warning(tmp_path, monkeypatch):
+  warnings = []
+  monkeypatch.setattr(restore.logging, 'warning', lambda *args: warnings.append(args[0] % args[1:]))
+  frames = [Image.fromarray(random_pixels((16, 16, 3), seed=i)) for i in range(3)]
+  frames[0].save(tmp_path / 'a.gif', save_all=True, append_images=frames[1:])
+  picture = restore.read_picture(tmp_path / 'a.gif')
+  assert picture.rgb.shape == (16, 16, 3)
+  assert warnings == [f'{tmp_path / "a.gif"} has 3 frames (animated or multi-page): restoring '
+                      'the first.']
+
+
+@pytest.mark.parametrize('pixels,message', [
+    (np.full((8, 8), 0.5, np.float32), 'a floating-point image: its value range is unknown'),
+    (np.full((8, 8), 100_000, np.int32), 'a 32-bit image with values 100000..100000'),
+])
+def test_float_and_32_bit_images_are_refused(tmp_path, pixels, message):
+  Image.fromarray(pixels).save(tmp_path / 'x.tiff')
+  with pytest.raises(errors.InputError, match=message):
+    restore.read_picture(tmp_path / 'x.tiff')
 
 
 def test_a_failed_write_leaves_nothing(tmp_path):

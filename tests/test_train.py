@@ -1,4 +1,5 @@
-"""The train step: per-task updates, per-task Adam, learning, non-finite guards, sharding."""
+"""The train step: the official and per-task optimisers, clipping, schedules, learning,
+non-finite guards, sharding."""
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ import pytest
 import skimage.data
 
 from configs import quickstart
+from ipt_jax import errors
 from ipt_jax import parallel
 from ipt_jax import train
 
@@ -59,7 +61,10 @@ def make_batch(task, seed=0, size=4):
 
 @pytest.fixture(scope='module')
 def trainer():
-  return Trainer(small_config())
+  """Adam state per task: inactive tasks frozen."""
+  config = small_config()
+  config.optimizer.per_task_state = True
+  return Trainer(config)
 
 
 def _adam(state, group):
@@ -91,6 +96,28 @@ def test_only_the_steps_task_and_the_body_are_updated(trainer):
   assert int(_adam(after_sr, 'sr_x2').count) == 3
   assert int(_adam(after_sr, 'denoise_30').count) == 2
   assert int(after_sr.step) == 5
+
+
+def test_one_adam_moves_inactive_tasks_on_their_momentum():
+  official = Trainer(small_config())  # per_task_state=False, the official default.
+  official.step(1, make_batch(1))
+  after_denoise = official.snapshot()
+  official.step(0, make_batch(0))
+  after_sr = official.snapshot()
+  # denoise_30 has no gradient at an sr_x2 step, but Adam's first moment still moves it.
+  assert not _same(after_denoise.params['head_denoise_30'], after_sr.params['head_denoise_30'])
+  assert int(after_sr.opt_state.inner_state[1].count) == 2  # One bias correction for all.
+
+
+def test_per_tensor_clipping_bounds_each_tensor():
+  grads = {'small': np.full((4,), 0.1, np.float32), 'large': np.full((3, 3), 10., np.float32)}
+  clipped, _ = train.clip_by_tensor_norm(1.).update(grads, None)
+  np.testing.assert_allclose(clipped['small'], grads['small'])  # Norm 0.2: kept.
+  np.testing.assert_allclose(np.linalg.norm(clipped['large']), 1., rtol=1e-6)
+  config = small_config()
+  config.optimizer.clip = 'norm'
+  with pytest.raises(errors.InputError, match="optimizer.clip='norm': use 'per_tensor'"):
+    train.make_optimizer(config, train.build_model(config), lambda _: 1.)
 
 
 def test_loss_falls_on_a_fixed_batch():
@@ -125,9 +152,18 @@ def test_training_stops_after_too_many_non_finite_steps_in_a_row(tmp_path):
     train.train_and_evaluate(config, str(tmp_path), init_params=params)
 
 
-def test_learning_rate_follows_the_paper_schedule():
+def test_the_official_step_schedule_halves_at_epoch_200():
+  config = small_config(total_steps=None, num_epochs=300, num_train_images=1000)
+  config.optimizer.update(lr=5e-5, schedule='step', decay_epochs=(200,), decay_factor=0.5)
+  config.data.batch_size = 10  # 100 steps per epoch: epoch 200 starts at step 20,000.
+  schedule = train.learning_rate(config, train.total_steps(config))
+  np.testing.assert_allclose([schedule(0), schedule(19_999), schedule(20_000), schedule(29_999)],
+                             [5e-5, 5e-5, 2.5e-5, 2.5e-5], rtol=1e-6)
+
+
+def test_cosine_schedule_anneals_to_end_lr():
   config = small_config()
-  config.optimizer.lr, config.optimizer.end_lr = 5e-5, 2e-5
+  config.optimizer.update(lr=5e-5, end_lr=2e-5, schedule='cosine')
   schedule = train.learning_rate(config, 1000)
   np.testing.assert_allclose([schedule(0), schedule(500), schedule(1000)], [5e-5, 3.5e-5, 2e-5],
                              rtol=1e-6)
@@ -169,7 +205,7 @@ SHARDED = textwrap.dedent('''
     for name in ('data4', 'fsdp2'):
       np.testing.assert_allclose(runs[name][0], runs['one'][0], rtol=1e-5)
       # Adam turns reduction-order noise in near-zero gradients into steps of up to lr (1e-3).
-      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-4),
                    runs[name][1], runs['one'][1])
     print('ok')
 ''')

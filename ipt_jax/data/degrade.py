@@ -5,6 +5,8 @@
 * `add_noise`: additive white Gaussian noise, clipped to [0, 255].
 * `add_rain`: synthetic rain streaks after Yang et al., "Deep joint rain
   detection and removal from a single image", CVPR 2017.
+* `add_streaks`: rain from ready-made one-channel streak images (`StreakLayers`, e.g.
+  RainTrainL's rainstreak-*.png), as the official MindSpore pre-training.
 
 The degradations are TensorFlow ops for `tf.data` (they also run eagerly) and
 take explicit seeds for stateless random ops, so the same seed gives the same
@@ -234,6 +236,53 @@ def add_rain(image, seed, config: RainConfig = RainConfig()) -> tf.Tensor:
   streaks = _rain_streaks(tf.shape(x)[0], height, width, seed, config)
   x = tf.clip_by_value(x + 255. * streaks[..., None], 0., 255.)
   return x if batched else x[0]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreakLayers:
+  """One-channel rain streak images of any sizes, stored end to end (each row-major) in one
+  array, so that a batch's crops are one gather (`sources.load_streak_layers` reads them)."""
+  pixels: np.ndarray  # uint8 [sum of height * width].
+  offsets: np.ndarray  # int64 [n]: where each layer starts in `pixels`.
+  heights: np.ndarray  # int64 [n].
+  widths: np.ndarray  # int64 [n].
+
+  @classmethod
+  def stack(cls, layers: list[np.ndarray]) -> StreakLayers:
+    """From 2-D uint8 arrays."""
+    sizes = np.array([layer.size for layer in layers], np.int64)
+    return cls(pixels=np.concatenate([layer.ravel() for layer in layers]),
+               offsets=np.cumsum(sizes) - sizes,
+               heights=np.array([layer.shape[0] for layer in layers], np.int64),
+               widths=np.array([layer.shape[1] for layer in layers], np.int64))
+
+
+def add_streaks(images, layers: StreakLayers, seed) -> tf.Tensor:
+  """clip(image + streak, 0, 255) as float32, the streak a random window of a random layer.
+
+  Args:
+    images: [B, H, W, C], uint8 or float on the [0, 255] scale, with a static height and
+      width no larger than any layer's.
+    layers: the streak images; each image draws one (the same streak on every channel).
+    seed: stateless seed, shape [2].
+  """
+  x = tf.cast(images, tf.float32)
+  height, width = _static_hw(x.shape, 'add_streaks')
+  if height > layers.heights.min() or width > layers.widths.min():
+    raise ValueError(f'add_streaks: {height}x{width} images need streak layers at least that '
+                     f'large, got {layers.heights.min()}x{layers.widths.min()}.')
+  batch = tf.shape(x, out_type=tf.int64)[:1]
+  draw = lambda i: tf.random.stateless_uniform(  # Full-range integers, reduced below.
+      batch, tf.random.experimental.stateless_fold_in(seed, i), minval=None, maxval=None,
+      dtype=tf.int64)
+  layer = draw(0) % len(layers.offsets)
+  heights, widths = tf.gather(layers.heights, layer), tf.gather(layers.widths, layer)
+  top, left = draw(1) % (heights - height + 1), draw(2) % (widths - width + 1)
+  rows = (top[:, None] + tf.range(height, dtype=tf.int64))[:, :, None]
+  cols = (left[:, None] + tf.range(width, dtype=tf.int64))[:, None, :]
+  index = tf.gather(layers.offsets, layer)[:, None, None] + rows * widths[:, None, None] + cols
+  streaks = tf.cast(tf.gather(layers.pixels, index), tf.float32)
+  return tf.clip_by_value(x + streaks[..., None], 0., 255.)
 
 
 def to_uint8(image) -> tf.Tensor:

@@ -9,6 +9,10 @@
 * ``samples[:<split>]``: colour photos bundled with scikit-image (no download).
   ``samples`` / ``samples:train`` has seven of them; ``samples:validation`` holds
   out two whole other images (chelsea, rocket) for evaluating quick-start runs.
+* ``pairs:<path>``: real rainy / clean pairs for the derain task, every
+  ``rain-XXX.png`` under ``<path>`` with its ``norain-XXX.png`` (`find_rain_pairs`:
+  the RainTrainL and Rain100L layouts). A record is the rainy image; it also holds
+  the clean one (`clean`, `clean_format`), of the same size.
 
 Every source gives one host a disjoint, even share of its images (the sorted file
 list, or `tfds.even_splits`) and reads that share in epochs: `ImageSource.records`
@@ -46,6 +50,9 @@ FOLDER_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 # just a crop), TensorFlow's PNG decoder, or Pillow for anything else.
 JPEG, PNG, PILLOW = 0, 1, 2
 
+# What Pillow raises for missing, truncated, damaged, foreign or oversized files.
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
 SAMPLE_SPLITS = {
     'train': ('astronaut.png', 'coffee.png', 'hubble_deep_field.jpg', 'ihc.png',
               'motorcycle_left.png', 'motorcycle_right.png', 'retina.jpg'),
@@ -53,7 +60,7 @@ SAMPLE_SPLITS = {
 }
 
 _SOURCE_HELP = ("Valid sources: 'tfds:<name>[:<split>]' (e.g. 'tfds:imagenet2012'), "
-                "'folder:<path>', or 'samples[:train|validation]'.")
+                "'folder:<path>', 'samples[:train|validation]', or 'pairs:<path>' (deraining).")
 _IMAGENET_HELP = (
     'ImageNet needs a manual download: get ILSVRC2012_img_train.tar and '
     'ILSVRC2012_img_val.tar from https://image-net.org (after accepting its terms) into one '
@@ -85,7 +92,8 @@ class ImageSource:
 
   `records(order_seed, start)` is one epoch from position `start`: a dataset of
   dicts with `encoded` (the file's bytes), `format` (JPEG, PNG or PILLOW),
-  `height` and `width` (int32). The order is a function of `order_seed` (a
+  `height` and `width` (int32); a pair source's `encoded` is the rainy image and
+  `clean`, `clean_format` the clean one. The order is a function of `order_seed` (a
   stateless seed, shape [2]) only. An epoch lists `epoch_size` images: every
   usable image once for folders; for TFDS datasets the usable images once and
   then, in place of the skipped small ones, the epoch's first usable images
@@ -120,16 +128,11 @@ def open_source(spec: str, *, min_size: int, data_dir: str | None = None,
                         min_size=min_size, shuffle_buffer=shuffle_buffer,
                         process_index=process_index, process_count=process_count)
   if kind == 'folder' and rest:
-    root = pathlib.Path(rest).expanduser()
-    if not root.is_dir():
-      raise errors.InputError(f'Image folder {str(root)!r} (source {spec!r}) does not exist or is not '
-                              'a folder; check the path.')
-    files = sorted(p for p in root.rglob('*')
-                   if p.suffix.lower() in FOLDER_EXTENSIONS and p.is_file())
-    if not files:
-      raise errors.InputError(f'Image folder {str(root)!r} has no {"/".join(FOLDER_EXTENSIONS)} files '
-                              '(searched recursively); point the source at a folder of images.')
-    return _files_source(spec, files, min_size, process_index, process_count)
+    files = image_files(rest, f'Image folder (source {spec!r})')
+    return _files_source(spec, [(f,) for f in files], min_size, process_index, process_count)
+  if kind == 'pairs' and rest:
+    pairs = find_rain_pairs(_existing_folder(rest, f'Pair folder (source {spec!r})'))
+    return _files_source(spec, pairs, min_size, process_index, process_count)
   if kind == 'samples' and rest in ('', *SAMPLE_SPLITS):
     sample_dir = pathlib.Path(skimage.data_dir)
     files = [sample_dir / name for name in SAMPLE_SPLITS[rest or 'train']]
@@ -137,13 +140,83 @@ def open_source(spec: str, *, min_size: int, data_dir: str | None = None,
     if missing:
       raise errors.InputError(f'scikit-image sample images are missing: {missing}; reinstall '
                               'scikit-image (pip install --force-reinstall scikit-image).')
-    return _files_source(spec, files, min_size, process_index, process_count)
+    return _files_source(spec, [(f,) for f in files], min_size, process_index, process_count)
   raise errors.InputError(f'Unknown image source {spec!r}. {_SOURCE_HELP}')
 
 
+def gives_pairs(spec: str) -> bool:
+  """Whether source `spec` gives rainy / clean pairs (only the derain task can use them)."""
+  return str(spec).partition(':')[0] == 'pairs'
+
+
 # ---------------------------------------------------------------------------
-# Image folders (and the bundled samples).
+# Image folders (and the bundled samples), rain pairs, rain streak layers.
 # ---------------------------------------------------------------------------
+
+def _existing_folder(path: str | pathlib.Path, what: str) -> pathlib.Path:
+  root = pathlib.Path(path).expanduser()
+  if not root.is_dir():
+    raise errors.InputError(f'{what} {str(root)!r} does not exist or is not a folder; check the '
+                            'path.')
+  return root
+
+
+def image_files(path: str | pathlib.Path, what: str) -> list[pathlib.Path]:
+  """The sorted image files (FOLDER_EXTENSIONS, any case) under folder `path`, recursively."""
+  root = _existing_folder(path, what)
+  files = sorted(p for p in root.rglob('*')
+                 if p.suffix.lower() in FOLDER_EXTENSIONS and p.is_file())
+  if not files:
+    raise errors.InputError(f'{what} {str(root)!r} has no {"/".join(FOLDER_EXTENSIONS)} files '
+                            '(searched recursively); point it at a folder of images.')
+  return files
+
+
+def find_rain_pairs(folder: str | pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """(rainy, clean) files: every rain-XXX.png under `folder`, sorted, with its norain-XXX.png
+  in the same folder or the one above (RainTrainL: both side by side; Rain100L:
+  rainy/rain-XXX.png with norain-XXX.png)."""
+  folder = pathlib.Path(folder)
+  rainy_files = sorted(folder.rglob('rain-*.png'))
+  if not rainy_files:
+    raise errors.InputError(f'No rain-XXX.png files under {folder}; expected Rain100L pairs '
+                            '(rain-XXX.png with norain-XXX.png).')
+  pairs = []
+  for rainy_path in rainy_files:
+    clean_name = 'no' + rainy_path.name
+    candidates = [rainy_path.with_name(clean_name), rainy_path.parent.parent / clean_name]
+    clean_path = next((c for c in candidates if c.exists()), None)
+    if clean_path is None:
+      raise errors.InputError(f'{rainy_path} has no clean counterpart: looked for '
+                              f'{" and ".join(map(str, candidates))}.')
+    pairs.append((rainy_path, clean_path))
+  return pairs
+
+
+def load_streak_layers(path: str | pathlib.Path, min_size: int) -> degrade.StreakLayers:
+  """The rain streak images in folder `path`, as one channel (luminance), for `add_streaks`.
+
+  Only the rainstreak-* files when there are any (RainTrainL keeps them beside its rain-* /
+  norain-* pairs), otherwise every image file. A file that cannot be read, or is smaller
+  than `min_size` (the training crop), is an error: the set is small and chosen by hand.
+  """
+  files = image_files(path, 'Rain streak folder (data.rain_streaks)')
+  files = [f for f in files if f.name.startswith('rainstreak')] or files
+  layers = []
+  for file in files:
+    try:
+      with Image.open(file) as image:
+        layer = np.asarray(Image.fromarray(pil_to_rgb(image)).convert('L'))
+    except _PILLOW_ERRORS as e:
+      raise errors.InputError(f'Cannot read rain streak image {file} ({type(e).__name__}: {e}); '
+                              'remove or replace it.') from e
+    if min(layer.shape) < min_size:
+      raise errors.InputError(f'Rain streak image {file} is {layer.shape[1]}x{layer.shape[0]}, '
+                              f'smaller than the {min_size}x{min_size} training crop; remove it.')
+    layers.append(layer)
+  logging.info('Loaded %d rain streak layers from %s.', len(layers), path)
+  return degrade.StreakLayers.stack(layers)
+
 
 def pil_to_rgb(image: Image.Image) -> np.ndarray:
   """An 8-bit RGB array [H, W, 3] of a Pillow image.
@@ -183,44 +256,62 @@ def _inspect(path: pathlib.Path) -> tuple[int, int, int] | str:
         return height, width, PNG
       image.load()
       return height, width, PILLOW
-  # What Pillow raises for missing, truncated, damaged, foreign or oversized files.
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except _PILLOW_ERRORS as e:
     return f'{type(e).__name__}: {e}'
 
 
-def _files_source(spec: str, files: list[pathlib.Path], min_size: int,
+def _inspect_entry(files: tuple[pathlib.Path, ...]) -> tuple[int, ...] | str:
+  """(height, width, format of each file) of an image or a same-size pair, or why unusable."""
+  infos = [_inspect(path) for path in files]
+  reasons = [f'{path.name}: {info}' for path, info in zip(files, infos) if isinstance(info, str)]
+  if reasons:  # A single file's reason needs no name: the warning gives its path.
+    return '; '.join(reasons) if len(files) > 1 else infos[0]
+  if len({info[:2] for info in infos}) > 1:
+    return 'the rainy and clean images differ in size: ' + ' vs '.join(
+        f'{w}x{h}' for h, w, _ in infos)
+  return (*infos[0][:2], *(info[2] for info in infos))
+
+
+def _files_source(spec: str, entries: list[tuple[pathlib.Path, ...]], min_size: int,
                   process_index: int, process_count: int) -> ImageSource:
-  """A source over a sorted list of image files; hosts take even contiguous shares."""
-  begin, end = _even_share(len(files), process_index, process_count)
-  files = files[begin:end]
-  if not files:
+  """A source over a sorted list of images, (file,), or rain pairs, (rainy, clean); hosts take
+  even contiguous shares."""
+  begin, end = _even_share(len(entries), process_index, process_count)
+  entries = entries[begin:end]
+  if not entries:
     raise errors.InputError(f'Source {spec!r} has fewer images than hosts ({process_count}); host '
                             f'{process_index} would get none. Use more images or fewer hosts.')
   with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-    infos = list(pool.map(_inspect, files))
+    infos = list(pool.map(_inspect_entry, entries))
   usable, unreadable, too_small = [], 0, 0
-  for path, info in zip(files, infos):
+  for files, info in zip(entries, infos):
     if isinstance(info, str):
-      logging.warning('Skipping unreadable image %s (%s).', path, info)
+      logging.warning('Skipping unreadable image %s (%s).', files[0], info)
       unreadable += 1
     elif min(info[:2]) < min_size:
       too_small += 1
     else:
-      usable.append((str(path), *info))
-  stats = SourceStats(files=len(files), usable=len(usable), unreadable=unreadable,
+      usable.append((*map(str, files), *info))
+  stats = SourceStats(files=len(entries), usable=len(usable), unreadable=unreadable,
                       too_small=too_small)
   logging.info('Source %s, host %d/%d: %s (images smaller than %d px are skipped).', spec,
                process_index, process_count, stats, min_size)
   if not usable:
     raise errors.InputError(f'Source {spec!r} has no usable image on host {process_index}: of '
-                            f'{len(files)} files, {unreadable} are unreadable and {too_small} are '
+                            f'{len(entries)} files, {unreadable} are unreadable and {too_small} are '
                             f'smaller than {min_size} px (the largest training crop).')
-  paths, heights, widths, formats = zip(*usable)
-  table = {'path': tf.constant(paths), 'height': tf.constant(heights, tf.int32),
-           'width': tf.constant(widths, tf.int32), 'format': tf.constant(formats, tf.int32)}
+  # Columns: the file (and a pair's clean file), height, width, the files' formats.
+  columns = [tf.constant(column, tf.string if isinstance(column[0], str) else tf.int32)
+             for column in zip(*usable)]
+  paired = len(entries[0]) == 2
+  names = (['path', 'clean_path', 'height', 'width', 'format', 'clean_format'] if paired else
+           ['path', 'height', 'width', 'format'])
+  table = dict(zip(names, columns))
 
   def read(index):
     entry = {k: v[index] for k, v in table.items()}
+    if paired:
+      entry['clean'] = tf.io.read_file(entry.pop('clean_path'))
     return {'encoded': tf.io.read_file(entry.pop('path')), **entry}
 
   def records(order_seed, start):

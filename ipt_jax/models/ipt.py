@@ -314,6 +314,8 @@ class Body(nn.Module):
     dtype: compute dtype; the residual stream stays in at least float32.
     param_dtype: dtype of the parameters.
     attention_impl: see Attention.
+    remat: recompute each layer's activations in the backward pass instead of storing them
+      (less memory; on XLA:CPU a several times faster gradient of the 24-layer body).
   """
   num_tokens: int
   patch_dim: int
@@ -325,6 +327,7 @@ class Body(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention_impl: str | None = None
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, task: int, deterministic: bool):
@@ -350,12 +353,15 @@ class Body(nn.Module):
     layer_args = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                       dropout_rate=self.dropout_rate, dtype=self.dtype,
                       param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+    # `deterministic` (argument 2, resp. 4, counting self) is a Python bool: static under remat.
+    encoder_layer = nn.remat(EncoderLayer, static_argnums=(2,)) if self.remat else EncoderLayer
+    decoder_layer = nn.remat(DecoderLayer, static_argnums=(4,)) if self.remat else DecoderLayer
     for i in range(self.num_layers):
-      x = EncoderLayer(**layer_args, name=f'encoder_{i}')(x, deterministic)
+      x = encoder_layer(**layer_args, name=f'encoder_{i}')(x, deterministic)
     # The decoder's input and its memory are both the encoder output.
     memory = x
     for i in range(self.num_layers):
-      x = DecoderLayer(**layer_args, name=f'decoder_{i}')(x, memory, task_embed, deterministic)
+      x = decoder_layer(**layer_args, name=f'decoder_{i}')(x, memory, task_embed, deterministic)
     features = x + MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
                             name='mlp_head')(x, deterministic)
     out = einops.rearrange(features, 'b (h w) (c p q) -> b (h p) (w q) c', h=height // self.patch_dim,
@@ -389,6 +395,7 @@ class IPT(nn.Module):
     param_dtype: dtype of the parameters (float32).
     dropout_rate: dropout in the body (0 in the paper).
     attention_impl: see Attention.
+    remat: see Body.
     rgb_mean: per-channel mean on the [0, 1] scale, subtracted (times 255) first and added
       back last; fixed, not trained.
   """
@@ -403,6 +410,7 @@ class IPT(nn.Module):
   param_dtype: Any = jnp.float32
   dropout_rate: float = 0.
   attention_impl: str | None = None
+  remat: bool = False
   rgb_mean: tuple[float, float, float] = RGB_MEAN
 
   @property
@@ -429,7 +437,7 @@ class IPT(nn.Module):
     x = heads[task](x - mean)
     body = Body((self.patch_size // self.patch_dim)**2, self.patch_dim, self.num_heads,
                 self.num_layers, self.mlp_dim, tuple(self.tasks), self.dropout_rate, self.dtype,
-                self.param_dtype, self.attention_impl, name='body')
+                self.param_dtype, self.attention_impl, self.remat, name='body')
     res, features = body(x, task, deterministic=not train)
     out = tails[task](res + x) + mean
     return (out, features) if return_features else out
@@ -463,7 +471,8 @@ def task_of_param(path: Sequence[str], model_tasks: Sequence[str]) -> str | None
 
 
 _CONFIG_FIELDS = ('n_feats', 'patch_size', 'patch_dim', 'num_heads', 'num_layers', 'mlp_dim',
-                  'tasks', 'dtype', 'param_dtype', 'dropout_rate', 'attention_impl', 'rgb_mean')
+                  'tasks', 'dtype', 'param_dtype', 'dropout_rate', 'attention_impl', 'remat',
+                  'rgb_mean')
 
 
 def to_config(model: IPT) -> dict[str, Any]:
