@@ -116,7 +116,8 @@ class TrainCheckpoints:
         options=ocp.CheckpointManagerOptions(
             # Every `every` steps (and when forced: at the end, on pre-emption), no more.
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
-            max_to_keep=keep, enable_async_checkpointing=True),
+            # The directory is made by the first save: a run that fails to start leaves none.
+            max_to_keep=keep, enable_async_checkpointing=True, create=False),
         item_names=(PARAMS, MODEL, TRAIN))
 
   def save(self, step: int, state, *, force: bool = False) -> bool:

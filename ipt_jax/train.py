@@ -287,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = make_optimizer(config, model, schedule)
   state = create_train_state(model, tx, mesh, config, params=init_params)
   abstract_state = jax.eval_shape(lambda s: s, state)
-  # Held-out data first: a bad val_source fails before the workdir is created.
+  # Held-out data first: a bad val_source fails before anything is read or written.
   eval_batches = pipeline.make_eval_batches(config.data, num_examples=config.eval.num_examples,
                                             seed=config.seed)
   checkpoints = checkpoint.TrainCheckpoints(
@@ -300,14 +300,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                ', '.join(model.tasks), start, steps, mesh.size, dict(mesh.shape),
                f'{ipt.count_params(state.params):,}')
 
+  # The training images are opened before anything is written: a bad source leaves no workdir.
+  batches = pipeline.make_train_iterator(config.data, seed=config.seed, start_step=start,
+                                         process_index=jax.process_index(),
+                                         process_count=jax.process_count())
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
     writer.write_hparams(_flat_hparams(config))
   train_steps = make_train_steps(model, tx, schedule, config, mesh, abstract_state)
   eval_steps = {t: make_eval_step(model, t) for t in range(len(model.tasks))}
-  batches = pipeline.make_train_iterator(config.data, seed=config.seed, start_step=start,
-                                         process_index=jax.process_index(),
-                                         process_count=jax.process_count())
   preemption = checkpoint.PreemptionWatcher()
   progress = tqdm.tqdm(total=steps, initial=start, unit='step', dynamic_ncols=True,
                        disable=jax.process_index() > 0 or not sys.stderr.isatty())

@@ -92,6 +92,27 @@ def test_convert_of_a_damaged_checkpoint_is_one_line_and_writes_nothing(tiny, tm
   assert not list(tmp_path.glob('.out.pt*'))
 
 
+@pytest.mark.parametrize('module', ['restore', 'evaluate', 'finetune'])
+def test_every_command_refuses_a_damaged_checkpoint_in_one_line(tiny, tmp_path, module):
+  directory = copy_of(tiny[2], tmp_path)
+  largest_data_file(directory).unlink()
+  image = tmp_path / 'x.png'
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+  (tmp_path / 'Set5').mkdir()
+  args = {
+      'restore': [f'--checkpoint={directory}', '--tasks=sr_x2',
+                  f'--output_dir={tmp_path / "out"}', str(image)],
+      'evaluate': [f'--checkpoint={directory}', '--tasks=sr_x2', f'--data_dir={tmp_path}',
+                   '--sets=Set5', f'--output_dir={tmp_path / "out"}'],
+      'finetune': ['--config=configs/finetune.py:sr_x2', f'--config.checkpoint={directory}',
+                   f'--workdir={tmp_path / "ft"}'],
+  }[module]
+  result = run(module, *args)
+  assert result.returncode == 1
+  assert re.match(rf'error: {directory} is damaged: params/.* is missing\.$', last_line(result))
+  assert not (tmp_path / 'ft').exists()
+
+
 def test_non_finite_parameters_are_refused_naming_the_array(tiny, tmp_path):
   model, params, _ = tiny
   broken = jax.tree.map(np.array, params)
@@ -184,11 +205,16 @@ def test_nan_learning_rate_and_bad_sources_fail_before_the_workdir_is_made(tmp_p
   config.optimizer.lr = float('nan')
   with pytest.raises(errors.InputError, match='config.optimizer.lr is nan'):
     train.train_and_evaluate(config, str(tmp_path / 'w'))
-  config = train_config()
-  config.data.val_source = f'folder:{tmp_path / "nowhere"}'
-  with pytest.raises(errors.InputError, match='does not exist or is not a folder'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert not (tmp_path / 'w').exists()
+  (tmp_path / 'empty').mkdir()
+  for field, source, message in (
+      ('val_source', f'folder:{tmp_path / "nowhere"}', 'does not exist or is not a folder'),
+      ('source', f'folder:{tmp_path / "empty"}', 'has no .* files'),
+      ('source', 'tfds:no_such_dataset', "Unknown TFDS dataset 'no_such_dataset'")):
+    config = train_config()
+    config.data[field] = source
+    with pytest.raises(errors.InputError, match=message):
+      train.train_and_evaluate(config, str(tmp_path / 'w'))
+    assert not (tmp_path / 'w').exists()
 
 
 def _config_overrides(text: str) -> list[tuple[str, str]]:
