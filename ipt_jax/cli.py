@@ -7,21 +7,21 @@ names (`--checkpoint` / `config.checkpoint`, `--num_heads` / `config.model.num_h
 
 `run(main)` is absl's `app.run` that prints an `errors.InputError` as one line
 `error: <message>` and exits with its code (2 for flag misuse); anything else is a bug and
-keeps its traceback.
+keeps its traceback. Library and native log noise is kept down unless `-v 1` or more is given
+(`quiet`).
 """
 from collections.abc import Callable
 import dataclasses
 import functools
-import logging
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from ipt_jax import errors
 from ipt_jax import inference
+from ipt_jax import quiet
 
 # Flags defined by the functions below belong to the module that calls them (its --help).
 flags.disclaim_key_flags()
@@ -100,6 +100,15 @@ def dtype_flag() -> flags.FlagHolder:
 
 
 @functools.cache
+def benchmark_set_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
+  """--data_dir, --sets: benchmark sets in the EDSR layout."""
+  return (flags.DEFINE_string('data_dir', None, 'Folder holding the benchmark sets '
+                              '(<data_dir>/<Set>/HR/*.png, ...).'),
+          flags.DEFINE_list('sets', None, 'Benchmark sets; default: Set5,Set14,B100,Urban100 '
+                            'for SR, CBSD68,Urban100 for denoising, Rain100L for deraining.'))
+
+
+@functools.cache
 def output_dir_flag() -> flags.FlagHolder:
   return flags.DEFINE_string('output_dir', None, 'Folder for the outputs (created if needed).')
 
@@ -127,9 +136,9 @@ def workdir_flag() -> flags.FlagHolder:
 def run(main: Callable[[list[str]], None]):
   """absl's app.run(main); bad input and bad flags are one line and a non-zero exit status."""
   def guarded(argv):
-    absl_logging.get_absl_handler().addFilter(_OwnInfoOnly())
     try:
-      main(argv)
+      with quiet.configured(verbose=flags.FLAGS.verbosity > 0):
+        main(argv)
     except errors.InputError as e:
       _fail(str(e), e.exit_code)
   app.run(guarded, flags_parser=_parse_flags)
@@ -152,10 +161,3 @@ def check_no_arguments(argv: list[str]):
   if len(argv) > 1:
     raise errors.FlagError(f'unexpected arguments {" ".join(argv[1:])}: this command takes '
                            'flags only (--name=value).')
-
-
-class _OwnInfoOnly(logging.Filter):
-  """Keeps this project's INFO lines and everyone's warnings (orbax and jax log a lot)."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or '/ipt_jax/' in record.pathname

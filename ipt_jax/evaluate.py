@@ -17,7 +17,9 @@ forward_chop; 'fast' for quicker, slightly different numbers). The inputs (`data
     name and `--seed`. Deraining: Rain100L pairs rain-XXX.png / norain-XXX.png.
 `--sets` defaults to the paper's sets of the task's kind.
 
-Prints a markdown table (task x set: PSNR, SSIM, images/s of restoring alone, compilation
+While it works, each set gets a bar on a terminal and a line in the log (stderr): task, set,
+images done, PSNR, seconds, and in a log file also one every 30 s during a long set. Then it
+prints a markdown table (task x set: PSNR, SSIM, images/s of restoring alone, compilation
 excluded) and writes `<output_dir>/results.json` (the settings, per-set and per-image numbers);
 `--save_images` also writes the quantised outputs as `<output_dir>/<task>/<set>/<name>.png`.
 Every file is written to a temporary name, then renamed. `--output_dir` defaults to
@@ -42,6 +44,7 @@ from ipt_jax import errors
 from ipt_jax import files
 from ipt_jax import inference
 from ipt_jax import metrics
+from ipt_jax import progress
 from ipt_jax import tasks as tasks_lib
 from ipt_jax import weights
 from ipt_jax.data import benchmarks
@@ -49,9 +52,6 @@ from ipt_jax.data import degrade
 
 MODELS = ('ipt', 'bicubic')
 LR_SOURCES = ('files', 'generated')
-DEFAULT_SETS = {'sr': ('Set5', 'Set14', 'B100', 'Urban100'),
-                'denoise': ('CBSD68', 'Urban100'),
-                'derain': ('Rain100L',)}
 _LAYOUTS = {
     'sr': '<data_dir>/<Set>/HR/<name>.png, optionally with '
           '<data_dir>/<Set>/LR_bicubic/X<scale>/<name>x<scale>.png (the EDSR layout)',
@@ -67,10 +67,7 @@ OUTPUT_DIR = cli.output_dir_flag()
 SEED = cli.seed_flag()
 MODEL = flags.DEFINE_enum('model', 'ipt', list(MODELS), "'ipt': the --checkpoint; 'bicubic': "
                           'the SR baseline (no checkpoint).')
-DATA_DIR = flags.DEFINE_string('data_dir', None, 'Folder holding the benchmark sets (e.g. '
-                               'Set5/HR/...).')
-SETS = flags.DEFINE_list('sets', None, 'Benchmark sets; default: Set5,Set14,B100,Urban100 for '
-                         'SR, CBSD68,Urban100 for denoising, Rain100L for deraining.')
+DATA_DIR, SETS = cli.benchmark_set_flags()
 LR = flags.DEFINE_enum('lr', 'files', list(LR_SOURCES), 'SR inputs: the LR_bicubic files where '
                        'present (the others generated), or all generated from HR.')
 SAVE_IMAGES = flags.DEFINE_bool('save_images', False, 'Also write the quantised outputs as PNGs '
@@ -85,7 +82,7 @@ class Options:
   """What to evaluate and how; the command-line flags of the same names."""
   tasks: tuple[str, ...]
   data_dir: str
-  sets: tuple[str, ...] | None = None  # None: DEFAULT_SETS of each task's kind.
+  sets: tuple[str, ...] | None = None  # None: benchmarks.DEFAULT_SETS of each task's kind.
   model: str = 'ipt'
   checkpoint: str | None = None
   checkpoint_tasks: tuple[str, ...] | None = None  # Head names of a PyTorch checkpoint.
@@ -105,7 +102,7 @@ class Options:
     return pathlib.Path(self.output_dir) if self.output_dir else default_output_dir(self)
 
   def sets_for(self, task: tasks_lib.Task) -> tuple[str, ...]:
-    return self.sets or DEFAULT_SETS[task.kind]
+    return self.sets or benchmarks.DEFAULT_SETS[task.kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,15 +194,33 @@ def evaluate_set(method: Method, entries: Sequence[benchmarks.Entry], task: task
   """
   shave = metrics.border_shave(task)
   scores, skipped = [], []
-  for entry in tqdm.tqdm(entries, desc=f'{task.name} {set_name}', unit='image', leave=False,
-                         disable=None):
+  start = logged = time.perf_counter()
+  bar = tqdm.tqdm(entries, desc=f'{task.name} {set_name}', unit='image', leave=False,
+                  disable=None)
+  for done, entry in enumerate(bar, 1):
     try:
       scores.append(_score(method, entry.read(), shave, image_dir))
     except errors.InputError as e:
       skipped.append(Skipped(entry.name, str(e)))
       tqdm.tqdm.write(f'error: {set_name} {entry.name}: {" ".join(str(e).split())}',
                       file=sys.stderr)
-  return SetScore(task.name, set_name, tuple(scores), tuple(skipped))
+    so_far = SetScore(task.name, set_name, tuple(scores), tuple(skipped))
+    bar.set_postfix(psnr=f'{so_far.psnr:.2f}')
+    if (bar.disable and done < len(entries)
+        and time.perf_counter() - logged >= progress.LOG_EVERY_SECONDS):
+      logged = time.perf_counter()  # A log has no bar: a line now and then instead.
+      progress.log(progress_line(so_far, len(entries), logged - start))
+  score = SetScore(task.name, set_name, tuple(scores), tuple(skipped))
+  progress.log(progress_line(score, len(entries), time.perf_counter() - start))
+  return score
+
+
+def progress_line(score: SetScore, total: int, seconds: float) -> str:
+  """sr_x2 Set14: 7/14 images, PSNR 30.12 dB so far, 12.3 s (1 skipped)"""
+  done = len(score.images) + len(score.skipped)
+  return (f'{score.task} {score.set_name}: {done}/{total} images, PSNR {score.psnr:.2f} dB'
+          f'{" so far" if done < total else ""}, {seconds:.1f} s'
+          f'{f" ({len(score.skipped)} skipped)" if score.skipped else ""}')
 
 
 def _score(method: Method, pair: benchmarks.Pair, shave: int,
@@ -226,6 +241,8 @@ def methods(options: Options, tasks: Sequence[tasks_lib.Task]) -> tuple[list[Met
     return [bicubic(t) for t in tasks], {'model': 'bicubic'}
   model, params = weights.load(options.checkpoint, checkpoint_tasks=options.checkpoint_tasks,
                                num_heads=options.num_heads, dtype=options.dtype)
+  progress.log('Loaded %s; compiling it for %s (before timing starts).', options.checkpoint,
+               ', '.join(t.name for t in tasks))
   restorers = [inference.restorer(model, params, t.name, mode=options.tiling,
                                   overlap=options.overlap, tile_batch=options.tile_batch,
                                   self_ensemble=options.self_ensemble) for t in tasks]

@@ -6,7 +6,8 @@
       --tiling=fast --output_dir=restored photo.jpg
 
 Each IMAGE is written, for each task, to `<output_dir>/<stem><suffix>.png` (`--suffix`, one
-task only, defaults to `_<task>`).
+task only, defaults to `_<task>`), with a line saying its output, sizes and seconds; each task
+ends with a count of the images written and failed.
 An existing file there is replaced, except that an input of the same run is never overwritten:
 such an image, or one whose output name an earlier input already takes (`a.jpg` and `a.png`),
 is reported and skipped. What each kind of image becomes:
@@ -30,6 +31,7 @@ import dataclasses
 import os
 import pathlib
 import sys
+import time
 
 from absl import flags
 from absl import logging
@@ -144,13 +146,18 @@ def output_path(image_path, output_dir, suffix: str) -> pathlib.Path:
 
 def restore_files(image_paths: Sequence[str], restorer: inference.Restorer, output_dir,
                   suffix: str) -> list[str]:
-  """Restores each image into `output_dir`; returns the paths that failed (each reported)."""
+  """Restores each image into `output_dir`; returns the paths that failed (each reported).
+
+  Says for each image its output, sizes and seconds (the first also compiles the model), and
+  at the end how many were written.
+  """
   output_dir = files.prepare_output_dir(output_dir)
   inputs = {os.path.realpath(p) for p in image_paths}
   taken = set()
   failed = []
   for path in tqdm.tqdm(image_paths, unit='image', disable=None):
     target = output_path(path, output_dir, suffix)
+    start = time.perf_counter()
     try:
       resolved = os.path.realpath(target)
       if resolved in inputs:
@@ -159,13 +166,19 @@ def restore_files(image_paths: Sequence[str], restorer: inference.Restorer, outp
       if resolved in taken:
         raise errors.InputError(f'its output {target} is the output of an earlier image with the '
                                 'same name; restore them into separate folders')
-      files.write_png(target, restore_picture(read_picture(path), restorer))
+      picture = read_picture(path)
+      restored = restore_picture(picture, restorer)
+      files.write_png(target, restored)
       taken.add(resolved)  # Only a written output: a failed image leaves its name free.
     except _FILE_ERRORS as e:
       failed.append(path)
       tqdm.tqdm.write(f'error: {path}: {" ".join(str(e).split())}', file=sys.stderr)
     else:
-      tqdm.tqdm.write(f'{path} -> {target}')
+      height, width = picture.rgb.shape[:2]
+      tqdm.tqdm.write(f'{path} -> {target}: {width}x{height} -> {restored.width}x'
+                      f'{restored.height}, {time.perf_counter() - start:.2f} s')
+  tqdm.tqdm.write(f'Wrote {len(image_paths) - len(failed)} of {len(image_paths)} images into '
+                  f'{output_dir}' + (f'; {len(failed)} failed (see above).' if failed else '.'))
   return failed
 
 
@@ -191,7 +204,6 @@ def main(argv):
   if failed:
     raise errors.InputError(f'{len(failed)} of {len(image_paths)} images could not be restored '
                             f'(see above): {", ".join(sorted(failed))}')
-  print(f'Restored {len(image_paths)} image(s) into {OUTPUT_DIR.value}.')
 
 
 if __name__ == '__main__':

@@ -24,7 +24,10 @@ from ipt_jax import errors
 from ipt_jax import losses
 from ipt_jax import metrics as metrics_lib
 from ipt_jax import parallel
+from ipt_jax import progress
+from ipt_jax import quiet
 from ipt_jax import tasks as tasks_lib
+from ipt_jax.data import degrade
 from ipt_jax.models import ipt
 
 SHARED = 'shared'  # Optimiser group of the parameters every task trains.
@@ -44,6 +47,10 @@ def build_model(config: ml_collections.ConfigDict) -> ipt.IPT:
 
 def check_config(config: ml_collections.ConfigDict):
   """Refuses settings that cannot train, before anything is loaded or written."""
+  for name in ('source', 'val_source'):
+    if not config.data[name]:
+      raise errors.InputError(f'config.data.{name} is not set: name the images, e.g. '
+                              f'--config.data.{name}=folder:<path> (see README, Data).')
   positive = {'data.batch_size': config.data.batch_size, 'log_every': config.log_every,
               'eval_every': config.eval_every, 'checkpoint_every': config.checkpoint_every,
               'keep_checkpoints': config.keep_checkpoints, 'eval.num_examples':
@@ -228,6 +235,10 @@ def make_eval_step(model: ipt.IPT, task: int):
                                                 task=task).astype(jnp.float32))
 
 
+def _mean_psnr(quantised: np.ndarray, hq: np.ndarray, task: tasks_lib.Task) -> float:
+  return float(np.mean(metrics_lib.psnr_y(quantised, hq, metrics_lib.border_shave(task))))
+
+
 def evaluate(model, params, eval_steps, eval_batches, mesh) -> tuple[dict, dict]:
   """Y-PSNR per task on held-out crops, and (input | output | target) sample images."""
   scalars, images = {}, {}
@@ -236,12 +247,22 @@ def evaluate(model, params, eval_steps, eval_batches, mesh) -> tuple[dict, dict]
     lq_global = jax.make_array_from_process_local_data(parallel.replicated(mesh), lq)
     out = metrics_lib.quantise(eval_steps[task](params, lq_global).addressable_data(0))
     task_info = tasks_lib.get(name)
-    scalars[f'val/psnr_{name}'] = float(np.mean(
-        metrics_lib.psnr_y(out, hq, metrics_lib.border_shave(task_info))))
+    scalars[f'val/psnr_{name}'] = _mean_psnr(out, hq, task_info)
     scale = task_info.scale
     upsampled = np.repeat(np.repeat(lq[:4], scale, axis=1), scale, axis=2)
     images[f'val/{name}'] = np.concatenate([upsampled, out[:4], hq[:4]], axis=2).astype(np.uint8)
   return scalars, images
+
+
+def baseline_psnr(tasks: tuple[str, ...], eval_batches) -> dict[str, float]:
+  """Y-PSNR per task of the baseline on the held-out crops: MATLAB-bicubic upscaling for SR,
+  the (noisy, rainy) input itself otherwise; what the model's validation is to beat."""
+  psnr = {}
+  for name in tasks:
+    task, lq = tasks_lib.get(name), eval_batches[name]['lq']
+    output = degrade.imresize_np(lq, task.scale) if task.kind == 'sr' else lq
+    psnr[name] = _mean_psnr(metrics_lib.quantise(output), eval_batches[name]['hq'], task)
+  return psnr
 
 
 class NonFiniteError(errors.InputError):
@@ -264,10 +285,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Resumes from the newest readable checkpoint in <workdir>/checkpoints. `init_params`
   (fine-tuning) are only used when there is no checkpoint yet.
   """
+  started = time.perf_counter()
   # TensorFlow (input pipeline, TensorBoard) is imported here only, so that the model and
   # the train step above run where TensorFlow is not installed.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from ipt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  with quiet.tensorflow_start_up():
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    from ipt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    pipeline.start_tensorflow()
   import tqdm  # pylint: disable=g-import-not-at-top
 
   check_config(config)
@@ -290,6 +314,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Held-out data first: a bad val_source fails before anything is read or written.
   eval_batches = pipeline.make_eval_batches(config.data, num_examples=config.eval.num_examples,
                                             seed=config.seed)
+  baseline = baseline_psnr(model.tasks, eval_batches)
+  logging.info('Validation on %d held-out crops per task from %s; Y-PSNR of the baseline (%s): '
+               '%s.', config.eval.num_examples, config.data.val_source, progress.BASELINES,
+               ', '.join(f'{t} {v:.2f}' for t, v in baseline.items()))
   checkpoints = checkpoint.TrainCheckpoints(
       f'{workdir}/checkpoints', model, every=config.checkpoint_every,
       keep=config.keep_checkpoints)
@@ -304,16 +332,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   batches = pipeline.make_train_iterator(config.data, seed=config.seed, start_step=start,
                                          process_index=jax.process_index(),
                                          process_count=jax.process_count())
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  # TensorBoard events, from process 0; the log gets the `progress` lines instead of clu's.
+  writer = metric_writers.AsyncMultiWriter(
+      [metric_writers.SummaryWriter(workdir)] if jax.process_index() == 0 else [])
   if start == 0:
     writer.write_hparams(_flat_hparams(config))
   train_steps = make_train_steps(model, tx, schedule, config, mesh, abstract_state)
   eval_steps = {t: make_eval_step(model, t) for t in range(len(model.tasks))}
   preemption = checkpoint.PreemptionWatcher()
-  progress = tqdm.tqdm(total=steps, initial=start, unit='step', dynamic_ncols=True,
-                       disable=jax.process_index() > 0 or not sys.stderr.isatty())
+  bar = tqdm.tqdm(total=steps, initial=start, unit='step', dynamic_ncols=True,
+                  disable=jax.process_index() > 0 or not sys.stderr.isatty())
   window_start, window_steps, per_task = time.perf_counter(), 0, {}
-  step, nonfinite_in_a_row = start, 0
+  step, nonfinite_in_a_row, preempted = start, 0, False
+  mark, validation = None, None  # (time, step) of the first log line; (step, Y-PSNR per task).
   try:
     while step < steps:
       batch = next(batches)
@@ -327,25 +358,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       step += 1
       window_steps += 1
       per_task.setdefault(model.tasks[task], []).append(step_metrics['loss'])
-      progress.update()
+      bar.update()
 
       if step % config.log_every == 0 or step == steps:
         logged = jax.device_get(step_metrics)
-        elapsed = time.perf_counter() - window_start
+        now = time.perf_counter()
+        elapsed = now - window_start
         scalars = {k: float(v) for k, v in logged.items()}
-        scalars.update({f'loss_{t}': float(np.mean(jax.device_get(v)))
-                        for t, v in per_task.items()})
+        losses = jax.device_get(per_task)  # {task: the loss of each of its steps}
+        scalars.update({f'loss_{t}': float(np.mean(v)) for t, v in losses.items()})
         scalars['images_per_sec'] = window_steps * config.data.batch_size / elapsed
         scalars['step_time'] = elapsed / window_steps
         writer.write_scalars(step, scalars)
-        progress.set_postfix(loss=f'{scalars["loss"]:.3f}')
+        bar.set_postfix(loss=f'{scalars["loss"]:.3f}')
+        pace = progress.seconds_per_step(now, step, mark, scalars['step_time'])
+        mark = mark or (now, step)
+        shown = model.tasks if len(model.tasks) > 1 else ()  # Losses per task, when several.
+        progress.log(progress.training_line(
+            step, steps, loss=float(np.mean(sum(losses.values(), []))),
+            task_losses={t: scalars[f'loss_{t}'] for t in shown if t in losses},
+            learning_rate=scalars['learning_rate'], images_per_second=scalars['images_per_sec'],
+            seconds_left=(steps - step) * pace, skipped=int(scalars['skipped_steps'])))
         window_start, window_steps, per_task = time.perf_counter(), 0, {}
 
       if step % config.eval_every == 0 or step == steps:
         scalars, images = evaluate(model, state.params, eval_steps, eval_batches, mesh)
         writer.write_scalars(step, scalars)
         writer.write_images(step, images)
-        logging.info('Step %d: %s', step, ', '.join(f'{k} {v:.2f}' for k, v in scalars.items()))
+        validation = step, {t: scalars[f'val/psnr_{t}'] for t in model.tasks}
+        progress.log(progress.validation_line(step, steps, validation[1], baseline))
 
       preempted = preemption.reached(step)
       checkpoints.save(step, state, force=step == steps or preempted)
@@ -356,7 +397,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     checkpoints.close()
     writer.flush()
-    progress.close()
+    bar.close()
+  if jax.process_index() == 0:
+    print(progress.training_summary(
+        tasks=model.tasks, first_step=start, step=step, total=steps,
+        seconds=time.perf_counter() - started, preempted=preempted, validation=validation,
+        baseline=baseline, workdir=workdir), flush=True)
   return state
 
 

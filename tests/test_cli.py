@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-COMMANDS = ('main', 'finetune', 'evaluate', 'restore', 'convert', 'benchmark')
+COMMANDS = ('main', 'finetune', 'evaluate', 'restore', 'convert', 'benchmark', 'figures')
 # Flags of ipt_jax.cli: each must be the same everywhere it is taken.
 SHARED = ('checkpoint', 'checkpoint_tasks', 'num_heads', 'tasks', 'dtype', 'tiling', 'overlap',
           'tile_batch', 'self_ensemble', 'output_dir', 'seed', 'config', 'workdir')
@@ -41,9 +41,9 @@ def test_shared_flags_have_one_name_type_and_default_everywhere(key_flags):
     assert len(set(by_command.values())) == 1, (flag, by_command)
   # Who takes what (the README's table).
   takes = lambda flag: sorted(c for c in COMMANDS if flag in key_flags[c])
-  assert takes('checkpoint') == ['convert', 'evaluate', 'restore']
-  assert takes('checkpoint_tasks') == ['convert', 'evaluate', 'restore']
-  assert takes('tasks') == ['benchmark', 'evaluate', 'restore']
+  assert takes('checkpoint') == ['convert', 'evaluate', 'figures', 'restore']
+  assert takes('checkpoint_tasks') == ['convert', 'evaluate', 'figures', 'restore']
+  assert takes('tasks') == ['benchmark', 'evaluate', 'figures', 'restore']
   assert takes('tiling') == ['benchmark', 'evaluate', 'restore']
   assert takes('dtype') == ['benchmark', 'evaluate', 'restore']
   assert takes('config') == ['benchmark', 'finetune', 'main']

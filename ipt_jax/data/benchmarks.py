@@ -32,6 +32,12 @@ from ipt_jax.data import degrade
 from ipt_jax.data import sources
 
 
+# The paper's sets for each kind of task.
+DEFAULT_SETS = {'sr': ('Set5', 'Set14', 'B100', 'Urban100'),
+                'denoise': ('CBSD68', 'Urban100'),
+                'derain': ('Rain100L',)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Pair:
   """One test image: its name, the model input and the ground truth."""

@@ -132,6 +132,13 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, seed: int, start_s
   return TrainIterator(ds, source)
 
 
+def start_tensorflow():
+  """Starts TensorFlow (CPU only) and runs now an op that makes it print a notice on its first
+  use in a process (oneDNN on uint8 transposes, which the augmentation runs): so that the
+  notices come at start-up, where `quiet.tensorflow_start_up` can filter them."""
+  tf.transpose(tf.zeros([1, 1, 1, 1], tf.uint8), [0, 2, 1, 3])
+
+
 def make_eval_batches(config: ml_collections.ConfigDict, *, num_examples: int,
                       seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
   """Fixed held-out pairs for each task, from `config.val_source`.
@@ -293,7 +300,8 @@ def _decode_region(encoded, fmt, top, left, height, width) -> tf.Tensor:
                                          channels=3)
 
   def png():  # As 16 bits, so that 16-bit PNGs are rounded (not truncated) to 8 bits.
-    image = tf.io.decode_png(encoded, channels=3, dtype=tf.uint16)
+    quiet = tf.numpy_function(sources.without_iccp, [encoded], tf.string, stateful=False)
+    image = tf.io.decode_png(tf.ensure_shape(quiet, []), channels=3, dtype=tf.uint16)
     image = image[top:top + height, left:left + width]
     return tf.cast(tf.round(tf.cast(image, tf.float32) / 257.), tf.uint8)
 

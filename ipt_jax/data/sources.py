@@ -29,6 +29,7 @@ import dataclasses
 import io
 import os
 import pathlib
+import struct
 from typing import Callable
 
 from absl import logging
@@ -234,6 +235,25 @@ def decode_with_pillow(encoded: bytes) -> np.ndarray:
   """Decodes an image file's bytes to 8-bit RGB with Pillow (`pil_to_rgb`)."""
   with Image.open(io.BytesIO(encoded)) as image:
     return pil_to_rgb(image)
+
+
+def without_iccp(encoded: bytes) -> bytes:
+  """A PNG file's bytes without its iCCP chunk (the ICC colour profile), else unchanged.
+
+  libpng warns on stderr about many profiles found in real files ("iCCP: known incorrect
+  sRGB profile", hundreds of lines over SR291); TensorFlow's decoder ignores the profile, so
+  the pixels are the same without it. The chunk comes before the image data (IDAT).
+  """
+  position = 8  # After the signature; then chunks of length, type, data, CRC.
+  while position + 8 <= len(encoded):
+    length, kind = struct.unpack_from('>I4s', encoded, position)
+    end = position + 12 + length
+    if kind == b'iCCP':
+      return encoded[:position] + encoded[end:]
+    if kind == b'IDAT':
+      break
+    position = end
+  return encoded
 
 
 def _inspect(path: pathlib.Path) -> tuple[int, int, int] | str:
