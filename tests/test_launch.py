@@ -1,16 +1,22 @@
 """launch/: the Cloud TPU and SLURM scripts print (--dry_run) and run exactly the expected gcloud
-and srun commands, refuse bad flags before running anything, share launch/common.sh (errors,
-quoting, --config defaults, the dry-run convention), and are bash -n and shellcheck clean.
+and srun commands (queued resources by default, a Python >= 3.11 virtualenv and a versions check on
+every TPU worker, resume after a pre-emption; SLURM job steps with CPUs from the node, no proxy
+variables and XLA_FLAGS), refuse bad flags before running anything, share launch/common.sh (errors,
+quoting, --config defaults, the dry-run convention), and are bash -n and shellcheck clean;
+launch/check_versions.py reports the versions and fails below the floors.
 
 No network or cloud account is needed: `gcloud` and `srun` are fakes on PATH that record their
-arguments, and the commands meant for a TPU worker run here, in a shell, with a fake `python3`."""
+arguments, and the commands meant for a TPU worker run here, in a shell, with a fake python."""
+import importlib.metadata
 import json
 import os
 import pathlib
+import platform
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,14 +27,27 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU = ROOT / 'launch' / 'tpu.sh'
 SLURM = ROOT / 'launch' / 'gpu_slurm.sbatch'
 COMMON = ROOT / 'launch' / 'common.sh'
+CHECK_VERSIONS = ROOT / 'launch' / 'check_versions.py'
 SCRIPTS = [TPU, SLURM]
+PROXY_VARIABLES = ('http_proxy', 'https_proxy', 'all_proxy', 'grpc_proxy', 'HTTP_PROXY',
+                   'HTTPS_PROXY', 'ALL_PROXY')
+# What the job step's environment is checked for.
+RECORDED_ENV = ('JAX_LOCAL_DEVICE_IDS', 'XLA_FLAGS', *PROXY_VARIABLES)
 
-# A stand-in for gcloud / srun: appends its name, arguments and JAX_LOCAL_DEVICE_IDS to $CALLS.
+# A stand-in for gcloud / srun: appends its name, arguments and the RECORDED_ENV variables it got
+# to $CALLS. Asked for a queued resource's state, it prints the next line of $QUEUED_STATES (a
+# file; ACTIVE when there is none left).
 RECORDER = f'''#!{sys.executable}
-import json, os, sys
+import json, os, pathlib, sys
 with open(os.environ['CALLS'], 'a') as f:
   f.write(json.dumps([os.path.basename(sys.argv[0]), sys.argv[1:],
-                      os.environ.get('JAX_LOCAL_DEVICE_IDS')]) + '\\n')
+                      {{k: v for k, v in os.environ.items() if k in {RECORDED_ENV!r}}}]) + '\\n')
+if '--format=value(state.state)' in sys.argv:
+  states = pathlib.Path(os.environ.get('QUEUED_STATES', '/nonexistent'))
+  lines = states.read_text().splitlines() if states.exists() else []
+  print(lines[0] if lines else 'ACTIVE')
+  if lines:
+    states.write_text(''.join(line + '\\n' for line in lines[1:]))
 '''
 
 # A stand-in for the training job on a worker: records how it was started, then waits for SIGTERM.
@@ -54,13 +73,14 @@ def env(tmp_path):
     (bin_dir / name).write_text(RECORDER)
     (bin_dir / name).chmod(0o755)
   clean = {k: v for k, v in os.environ.items()
-           if not k.startswith(('IPT_TPU_', 'SLURM_', 'JAX_')) and k != 'DRY_RUN'}
+           if not k.startswith(('IPT_TPU_', 'SLURM_', 'JAX_'))
+           and k not in ('DRY_RUN', 'XLA_FLAGS', *PROXY_VARIABLES)}
   return dict(clean, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
               CALLS=str(tmp_path / 'calls.jsonl'))
 
 
 def calls(env):
-  """[program, arguments, JAX_LOCAL_DEVICE_IDS] of every gcloud / srun call so far."""
+  """[program, arguments, {RECORDED_ENV variable: value}] of every gcloud / srun call so far."""
   path = pathlib.Path(env['CALLS'])
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -105,38 +125,79 @@ WHERE = ('--name=ipt', '--zone=us-central2-b')
 IS_RUNNING = 'if kill -0 "$(cat ipt-jax.pid 2>/dev/null)" 2>/dev/null; then '
 REFUSE_IF_RUNNING = (IS_RUNNING + 'echo "$(hostname): the job is running: launch/tpu.sh stop '
                      'first" >&2; exit 1; fi; ')
-INSTALL = ("cd ipt-jax && python3 -m pip install -q -U pip && "
-           "python3 -m pip install -q -U -e . 'jax[tpu]'")
+# uv installs a CPython of its own (the images' is 3.10) and makes the virtualenv with it.
+INSTALL = ("cd ipt-jax && python3 -m pip install -q --user -U uv && python3 -m uv python install "
+           "3.11 && python3 -m uv venv -q --seed --python 3.11 .venv && .venv/bin/python -m pip "
+           "install -q -U -e . 'jax[tpu]' && .venv/bin/python launch/check_versions.py")
+WAIT = gcloud('queued-resources', 'describe', 'ipt', '--zone=us-central2-b',
+              '--format=value(state.state)')
+TPU_STATE = ('--format=table(name.basename(),acceleratorType,state,health,'
+             'upcomingMaintenance.type:label=MAINTENANCE,'
+             'upcomingMaintenance.windowStartTime:label=MAINTENANCE_WINDOW_START,'
+             'upcomingMaintenance.maintenanceStatus:label=MAINTENANCE_STATUS)')
 
 
 # --- tpu.sh: the exact commands -------------------------------------------------------------------
 
+def queued_create(accelerator, runtime, *flags, where=('--zone=us-central2-b',)):
+  return gcloud('queued-resources', 'create', 'ipt', *where, '--node-id=ipt',
+                f'--accelerator-type={accelerator}', f'--runtime-version={runtime}', *flags)
+
+
 @pytest.mark.parametrize('flags, expected', [
+    # By default a queued resource, then its state until it is ACTIVE.
     (['--accelerator=v4-32', '--spot'],
-     gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--accelerator-type=v4-32',
-            '--version=tpu-ubuntu2204-base', '--spot')),
-    (['--accelerator=v6e-8', '--preemptible', '--project=my-project'],
-     gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--project=my-project',
-            '--accelerator-type=v6e-8', '--version=v2-alpha-tpuv6e', '--preemptible')),
-    (['--accelerator=v5p-16', '--version=v2-alpha-tpuv5-custom'],
-     gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--accelerator-type=v5p-16',
-            '--version=v2-alpha-tpuv5-custom')),
-    (['--accelerator=v5litepod-16', '--queued', '--spot'],
-     gcloud('queued-resources', 'create', 'ipt', '--zone=us-central2-b', '--node-id=ipt',
-            '--accelerator-type=v5litepod-16', '--runtime-version=v2-alpha-tpuv5-lite', '--spot')),
+     [queued_create('v4-32', 'tpu-ubuntu2204-base', '--spot'), WAIT]),
+    (['--accelerator=v5litepod-16'],
+     [queued_create('v5litepod-16', 'v2-alpha-tpuv5-lite'), WAIT]),
+    # --direct: the TPU VM at once (fails when capacity is short).
+    (['--accelerator=v6e-8', '--preemptible', '--direct', '--project=my-project'],
+     [gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--project=my-project',
+             '--accelerator-type=v6e-8', '--version=v2-alpha-tpuv6e', '--preemptible')]),
+    (['--accelerator=v5p-16', '--version=v2-alpha-tpuv5-custom', '--direct'],
+     [gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--accelerator-type=v5p-16',
+             '--version=v2-alpha-tpuv5-custom')]),
 ])
 def test_create(env, flags, expected):
-  assert dry_run(env, 'create', *WHERE, *flags) == [expected]
+  assert dry_run(env, 'create', *WHERE, *flags) == expected
+
+
+def test_create_waits_until_the_queued_resource_is_active(env, tmp_path):
+  states = tmp_path / 'states'
+  states.write_text('WAITING_FOR_RESOURCES\nPROVISIONING\n')
+  result = run(TPU, 'create', *WHERE, '--accelerator=v4-8', env=env, QUEUED_STATES=str(states),
+               IPT_TPU_POLL_SECONDS='0')
+  assert result.returncode == 0, result.stderr
+  assert [argv for _, argv, _ in calls(env)] == [
+      queued_create('v4-8', 'tpu-ubuntu2204-base')[1:], WAIT[1:], WAIT[1:], WAIT[1:]]
+  assert 'ipt is WAITING_FOR_RESOURCES; asking again in 0 s' in result.stderr
+  assert 'ipt is PROVISIONING; asking again' in result.stderr
+
+
+def test_create_stops_when_the_queued_resource_fails(env, tmp_path):
+  states = tmp_path / 'states'
+  states.write_text('WAITING_FOR_RESOURCES\nFAILED\n')
+  result = run(TPU, 'create', *WHERE, '--accelerator=v4-8', env=env, QUEUED_STATES=str(states),
+               IPT_TPU_POLL_SECONDS='0')
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[-1] == (
+      "tpu.sh: error: the queued resource ipt is FAILED: 'launch/tpu.sh delete' it and create it "
+      'again (launch/tpu.sh resume does both)')
 
 
 def test_setup_copies_the_checkout_to_every_worker(env):
   assert dry_run(env, 'setup', *WHERE) == [
       ssh(REFUSE_IF_RUNNING + 'rm -rf ipt-jax && mkdir ipt-jax'),
       gcloud('tpu-vm', 'scp', f'{ROOT}/setup.py', f'{ROOT}/README.md', f'{ROOT}/ipt_jax',
-             f'{ROOT}/configs', 'ipt:ipt-jax', '--zone=us-central2-b', '--worker=all',
-             '--recurse'),
+             f'{ROOT}/configs', f'{ROOT}/launch', 'ipt:ipt-jax', '--zone=us-central2-b',
+             '--worker=all', '--recurse'),
       ssh(INSTALL),
   ]
+
+
+def test_setup_with_another_python(env):
+  *_, install = dry_run(env, 'setup', *WHERE, '--python=3.12')
+  assert install == ssh(INSTALL.replace('3.11', '3.12'))
 
 
 def test_setup_clones_a_repository_on_every_worker(env):
@@ -150,8 +211,8 @@ def test_setup_clones_a_repository_on_every_worker(env):
 
 def start(program):
   """The remote command of `run` for this program."""
-  return ('if [ ! -d ipt-jax ]; then echo "$(hostname): no ~/ipt-jax: run launch/tpu.sh setup '
-          'first" >&2; exit 1; fi; ' + REFUSE_IF_RUNNING +
+  return ('if [ ! -x ipt-jax/.venv/bin/python ]; then echo "$(hostname): no ~/ipt-jax/.venv: run '
+          'launch/tpu.sh setup first" >&2; exit 1; fi; ' + REFUSE_IF_RUNNING +
           f'(cd ipt-jax && exec setsid nohup {shlex.join(program)}) >> ipt-jax.log 2>&1 '
           '</dev/null & echo $! > ipt-jax.pid; echo "$(hostname): started, log in ~/ipt-jax.log"')
 
@@ -162,7 +223,7 @@ def test_run_on_a_multi_host_slice(env):
       '--data_dir=gs://bucket/tensorflow_datasets', '--config.data.batch_size=512',
       "--config.note=it's two words", '--config.seed=7')
   assert commands == [ssh(start([
-      'python3', '-u', '-m', 'ipt_jax.main', '--config=configs/pretrain.py',
+      '.venv/bin/python', '-u', '-m', 'ipt_jax.main', '--config=configs/pretrain.py',
       '--workdir=gs://bucket/runs/ipt 1', '--config.distributed=on',
       '--config.data.data_dir=gs://bucket/tensorflow_datasets', '--config.data.batch_size=512',
       "--config.note=it's two words", '--config.seed=7']))]
@@ -174,7 +235,7 @@ def test_run_on_one_host_and_fine_tuning(env):
                      '--config.checkpoint=gs://bucket/pretrain/checkpoints')
   # One host: no jax.distributed, and a local workdir is allowed.
   assert commands == [ssh(start([
-      'python3', '-u', '-m', 'ipt_jax.finetune', '--config=configs/finetune.py:sr_x2',
+      '.venv/bin/python', '-u', '-m', 'ipt_jax.finetune', '--config=configs/finetune.py:sr_x2',
       '--workdir=/home/me/ipt', '--config.checkpoint=gs://bucket/pretrain/checkpoints']))]
 
 
@@ -189,23 +250,21 @@ def test_a_value_with_spaces_is_quoted_twice(env):
     (['logs'], [ssh('tail -n 100 ipt-jax.log', worker='0')]),
     (['logs', '--worker=all', '--lines=20', '--follow'],
      [ssh('tail -n 20 -F ipt-jax.log')]),
+    # The queued resource's state; the TPU's state, health and upcoming maintenance; the job.
     (['status'], [
-        gcloud('tpu-vm', 'describe', 'ipt', '--zone=us-central2-b',
-               '--format=table(name.basename(),acceleratorType,state,health)'),
-        ssh(IS_RUNNING + 'echo "$(hostname): running (pid $(cat ipt-jax.pid))"; '
-            'else echo "$(hostname): not running"; fi')]),
-    (['status', '--queued'], [
         gcloud('queued-resources', 'describe', 'ipt', '--zone=us-central2-b',
                '--format=table(name.basename(),state.state)'),
-        gcloud('tpu-vm', 'describe', 'ipt', '--zone=us-central2-b',
-               '--format=table(name.basename(),acceleratorType,state,health)'),
+        gcloud('tpu-vm', 'describe', 'ipt', '--zone=us-central2-b', TPU_STATE),
+        ssh(IS_RUNNING + 'echo "$(hostname): running (pid $(cat ipt-jax.pid))"; '
+            'else echo "$(hostname): not running"; fi')]),
+    (['status', '--direct'], [
+        gcloud('tpu-vm', 'describe', 'ipt', '--zone=us-central2-b', TPU_STATE),
         ssh(IS_RUNNING + 'echo "$(hostname): running (pid $(cat ipt-jax.pid))"; '
             'else echo "$(hostname): not running"; fi')]),
     (['stop'], [ssh('if kill -s TERM -- "-$(cat ipt-jax.pid 2>/dev/null)" 2>/dev/null; then '
                     'echo "$(hostname): sent SIGTERM"; else echo "$(hostname): not running"; fi')]),
-    (['delete'], [gcloud('tpu-vm', 'delete', 'ipt', '--zone=us-central2-b')]),
-    (['delete', '--queued'],
-     [gcloud('queued-resources', 'delete', 'ipt', '--zone=us-central2-b', '--force')]),
+    (['delete'], [gcloud('queued-resources', 'delete', 'ipt', '--zone=us-central2-b', '--force')]),
+    (['delete', '--direct'], [gcloud('tpu-vm', 'delete', 'ipt', '--zone=us-central2-b')]),
 ])
 def test_logs_status_stop_delete(env, args, expected):
   assert dry_run(env, args[0], *WHERE, *args[1:]) == expected
@@ -214,19 +273,22 @@ def test_logs_status_stop_delete(env, args, expected):
 def test_defaults_from_the_environment_and_flags_win(env):
   defaults = dict(IPT_TPU_NAME='env-tpu', IPT_TPU_ZONE='europe-west4-a', IPT_TPU_PROJECT='p',
                   IPT_TPU_ACCELERATOR='v5litepod-16')
-  assert dry_run(env, 'create', **defaults) == [gcloud(
+  assert dry_run(env, 'create', '--direct', **defaults) == [gcloud(
       'tpu-vm', 'create', 'env-tpu', '--zone=europe-west4-a', '--project=p',
       '--accelerator-type=v5litepod-16', '--version=v2-alpha-tpuv5-lite')]
-  assert dry_run(env, 'create', '--zone=us-east5-a', '--accelerator=v5p-8', **defaults) == [
+  assert dry_run(env, 'create', '--direct', '--zone=us-east5-a', '--accelerator=v5p-8',
+                 **defaults) == [
       gcloud('tpu-vm', 'create', 'env-tpu', '--zone=us-east5-a', '--project=p',
              '--accelerator-type=v5p-8', '--version=v2-alpha-tpuv5')]
 
 
 @pytest.mark.parametrize('args', [
     ['create', *WHERE, '--accelerator=v4-32', '--spot'],
+    ['create', *WHERE, '--accelerator=v4-32', '--direct'],
     ['setup', *WHERE],
     ['run', *WHERE, '--accelerator=v4-32', '--workdir=gs://b/w', '--config.note=a b'],
-    ['status', *WHERE, '--queued'],
+    ['resume', *WHERE, '--accelerator=v4-32', '--spot', '--workdir=gs://b/w'],
+    ['status', *WHERE],
     ['delete', *WHERE],
 ])
 def test_without_dry_run_gcloud_gets_the_printed_commands(env, args):
@@ -241,11 +303,12 @@ def test_without_dry_run_gcloud_gets_the_printed_commands(env, args):
 @pytest.mark.skipif(not shutil.which('setsid'), reason='needs setsid (util-linux)')
 @pytest.mark.parametrize('shell', ['sh', 'bash'])
 def test_the_worker_commands_start_watch_and_stop_the_job(env, tmp_path, shell):
-  """run / status / logs / stop as a worker's shell runs them, with a fake python3."""
+  """run / status / logs / stop as a worker's shell runs them, with a fake virtualenv python."""
   home = tmp_path / 'home'
-  (home / 'ipt-jax').mkdir(parents=True)
-  (tmp_path / 'bin' / 'python3').write_text(FAKE_JOB)
-  (tmp_path / 'bin' / 'python3').chmod(0o755)
+  python = home / 'ipt-jax' / '.venv' / 'bin' / 'python'
+  python.parent.mkdir(parents=True)
+  python.write_text(FAKE_JOB)
+  python.chmod(0o755)
 
   def on_worker(subcommand, *flags, command=-1):
     argv = dry_run(env, subcommand, *WHERE, *flags)[command]
@@ -283,11 +346,49 @@ def test_the_worker_commands_start_watch_and_stop_the_job(env, tmp_path, shell):
       pass
 
 
-def test_run_before_setup_says_so(env, tmp_path):
+@pytest.mark.parametrize('checkout', [False, True])
+def test_run_before_setup_says_so(env, tmp_path, checkout):
+  """No checkout, or a checkout without the virtualenv (an older setup)."""
+  if checkout:
+    (tmp_path / 'ipt-jax').mkdir()
   (argv,) = dry_run(env, 'run', *WHERE, '--accelerator=v4-8', '--workdir=/w')
   result = subprocess.run(['sh', '-c', remote_command(argv)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=10, check=False)
-  assert result.returncode == 1 and 'run launch/tpu.sh setup first' in result.stderr
+  assert result.returncode == 1
+  assert result.stderr.endswith(': no ~/ipt-jax/.venv: run launch/tpu.sh setup first\n')
+
+
+def test_resume_recreates_sets_up_and_runs_the_same_job(env):
+  """After a Spot pre-emption: delete (no prompt), create, wait, setup, and the same run command,
+  which resumes from the workdir's newest checkpoint."""
+  job = ('--accelerator=v4-32', '--workdir=gs://b/w', '--data_dir=gs://b/tfds', '--config.seed=7')
+  commands = dry_run(env, 'resume', *WHERE, '--spot', '--repo=https://example.com/ipt.git', *job)
+  assert commands == [
+      gcloud('queued-resources', 'delete', 'ipt', '--zone=us-central2-b', '--force', '--quiet'),
+      queued_create('v4-32', 'tpu-ubuntu2204-base', '--spot'), WAIT,
+      *dry_run(env, 'setup', *WHERE, '--repo=https://example.com/ipt.git'),
+      *dry_run(env, 'run', *WHERE, *job)]
+  direct = dry_run(env, 'resume', *WHERE, '--direct', '--python=3.12', *job)
+  assert direct == [
+      gcloud('tpu-vm', 'delete', 'ipt', '--zone=us-central2-b', '--quiet'),
+      *dry_run(env, 'create', *WHERE, '--direct', '--accelerator=v4-32'),
+      *dry_run(env, 'setup', *WHERE, '--python=3.12'),
+      *dry_run(env, 'run', *WHERE, *job)]
+
+
+def test_resume_goes_on_when_there_is_nothing_to_delete(env, tmp_path):
+  failing_delete = f'''#!/bin/sh
+case "$*" in *" delete "*) echo "NOT_FOUND" >&2; exit 1 ;; esac
+exec {tmp_path / 'bin' / 'recorder'} "$@"
+'''
+  (tmp_path / 'bin' / 'gcloud').rename(tmp_path / 'bin' / 'recorder')
+  (tmp_path / 'bin' / 'gcloud').write_text(failing_delete)
+  (tmp_path / 'bin' / 'gcloud').chmod(0o755)
+  result = run(TPU, 'resume', *WHERE, '--accelerator=v4-8', '--workdir=/w', env=env)
+  assert result.returncode == 0, result.stderr
+  assert 'tpu.sh: could not delete ipt (see above); creating it anyway' in result.stderr
+  assert [argv[:2] for _, argv, _ in calls(env)] == [
+      ['compute', 'tpus']] * 6  # create, its state, the 3 of setup, run
 
 
 # --- tpu.sh: bad flags fail before anything runs --------------------------------------------------
@@ -312,8 +413,16 @@ def test_run_before_setup_says_so(env, tmp_path):
     (['create', *WHERE, '--accelerator=v9-8'], "no default runtime for 'v9-8'"),
     (['create', *WHERE, '--accelerator=v4-8', '--spot', '--preemptible'],
      '--spot and --preemptible exclude each other'),
-    (['create', *WHERE, '--accelerator=v4-8', '--queued', '--preemptible'],
-     'a queued resource cannot be --preemptible'),
+    (['create', *WHERE, '--accelerator=v4-8', '--preemptible'],
+     'a queued resource cannot be --preemptible: use --spot, or --direct'),
+    (['create', *WHERE, '--accelerator=v4-8', '--queued'], "unknown flag for 'create': --queued"),
+    (['setup', *WHERE, '--python=3.10'], "bad --python '3.10' (a Python version of at least 3.11"),
+    (['resume', *WHERE, '--accelerator=v4-32', '--workdir=/w'],
+     '--workdir must be on GCS (gs://...) for the multi-host slice v4-32'),
+    (['resume', *WHERE, '--accelerator=v4-8', '--workdir=/w', '--branch=x'],
+     '--branch needs --repo'),
+    (['resume', *WHERE, '--workdir=/w'], 'missing --accelerator'),
+    (['status', *WHERE, '--spot'], "unknown flag for 'status': --spot"),
     (['create', *WHERE, '--accelerator=v4-8', '--workdir=gs://b/w'],
      "unknown flag for 'create': --workdir"),
     (['create', *WHERE, '--accelerator=v4-8', '--config.x=1'], "'create' takes no config"),
@@ -336,7 +445,7 @@ def test_bad_flags_fail_before_gcloud_runs(env, args, message):
 def test_help(env):
   result = run(TPU, '--help', env=env)
   assert result.returncode == 0
-  for subcommand in ('create', 'setup', 'run', 'logs', 'status', 'stop', 'delete'):
+  for subcommand in ('create', 'setup', 'run', 'resume', 'logs', 'status', 'stop', 'delete'):
     assert f'\n  {subcommand} ' in result.stdout
 
 
@@ -351,10 +460,14 @@ def submit_dir(tmp_path):
   return tmp_path / 'repo'
 
 
-def slurm_env(nodes, tasks, gpus=8):
-  """What SLURM puts in a batch job's environment."""
+def slurm_env(nodes, tasks, gpus=8, cpus_on_node=96, **more):
+  """What SLURM puts in a batch job's environment (whole nodes of `cpus_on_node` CPUs)."""
   return dict(SLURM_JOB_ID='4242', SLURM_JOB_NUM_NODES=str(nodes), SLURM_NTASKS=str(tasks),
-              SLURM_GPUS_ON_NODE=str(gpus), SLURM_CPUS_PER_TASK='12')
+              SLURM_GPUS_ON_NODE=str(gpus), SLURM_CPUS_ON_NODE=str(cpus_on_node), **more)
+
+
+# The job step's environment by default: JAX's recommended XLA flags for GPUs.
+XLA = 'XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true'
 
 
 def sbatch_dry_run(env, submit_dir, *args, **slurm):
@@ -364,26 +477,70 @@ def sbatch_dry_run(env, submit_dir, *args, **slurm):
 
 
 def test_slurm_one_process_per_gpu(env, submit_dir):
+  """8 processes per node of 96 CPUs: 12 CPUs each."""
   assert sbatch_dry_run(env, submit_dir, '--workdir=/shared/runs/ipt 1',
                         '--config.note=two words', **slurm_env(nodes=2, tasks=16)) == [[
-      'srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'python', '-u', '-m', 'ipt_jax.main',
-      '--config=configs/pretrain.py', '--workdir=/shared/runs/ipt 1', '--config.note=two words']]
+      'env', XLA, 'srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'python', '-u', '-m',
+      'ipt_jax.main', '--config=configs/pretrain.py', '--workdir=/shared/runs/ipt 1',
+      '--config.note=two words']]
 
 
-def test_slurm_one_process_per_node_sees_all_its_gpus(env, submit_dir):
+def test_slurm_one_process_per_node_sees_all_its_gpus_and_cpus(env, submit_dir):
   assert sbatch_dry_run(env, submit_dir, '--workdir=/shared/ipt', '--module=ipt_jax.finetune',
                         '--config=configs/finetune.py:sr_x2', **slurm_env(nodes=4, tasks=4)) == [[
-      'env', 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7', 'srun', '--kill-on-bad-exit=1',
-      '--cpus-per-task=12', 'python', '-u', '-m', 'ipt_jax.finetune',
+      'env', XLA, 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7', 'srun', '--kill-on-bad-exit=1',
+      '--cpus-per-task=96', 'python', '-u', '-m', 'ipt_jax.finetune',
       '--config=configs/finetune.py:sr_x2', '--workdir=/shared/ipt']]
+
+
+@pytest.mark.parametrize('slurm, cpus', [
+    (slurm_env(nodes=2, tasks=16, cpus_on_node=64), ['--cpus-per-task=8']),
+    (slurm_env(nodes=2, tasks=16, cpus_on_node=100), ['--cpus-per-task=12']),  # Rounded down.
+    # sbatch --cpus-per-task=6 wins over the node's count.
+    (slurm_env(nodes=2, tasks=16, SLURM_CPUS_PER_TASK='6'), ['--cpus-per-task=6']),
+    # Neither known (not an --exclusive job on an older SLURM): srun's default.
+    ({k: v for k, v in slurm_env(nodes=2, tasks=16).items() if k != 'SLURM_CPUS_ON_NODE'}, []),
+])
+def test_slurm_cpus_per_process(env, submit_dir, slurm, cpus):
+  (command,) = sbatch_dry_run(env, submit_dir, '--workdir=/w', **slurm)
+  assert command[:command.index('python')] == ['env', XLA, 'srun', '--kill-on-bad-exit=1', *cpus]
+
+
+def test_slurm_job_step_runs_without_proxy_variables(env, submit_dir):
+  """jax.distributed.initialize can time out through a proxy: the job step runs without the
+  variables that are set, and --keep_proxy keeps them."""
+  proxies = dict(HTTP_PROXY='http://proxy:3128', https_proxy='http://proxy:3128',
+                 all_proxy='socks5://proxy:1080')
+  (command,) = sbatch_dry_run(env, submit_dir, '--workdir=/w', **slurm_env(2, 16), **proxies)
+  assert command[:command.index('srun')] == [
+      'env', '-u', 'https_proxy', '-u', 'all_proxy', '-u', 'HTTP_PROXY', XLA]
+  (kept,) = sbatch_dry_run(env, submit_dir, '--workdir=/w', '--keep_proxy', **slurm_env(2, 16),
+                           **proxies)
+  assert kept[:kept.index('srun')] == ['env', XLA] and '--keep_proxy' not in kept
+  result = run(SLURM, '--workdir=/w', env=env, cwd=submit_dir, **slurm_env(2, 16), **proxies)
+  assert result.returncode == 0, result.stderr
+  ((_, _, step_env),) = calls(env)
+  assert not set(step_env) & set(PROXY_VARIABLES)
+
+
+@pytest.mark.parametrize('xla_flags', ['--xla_gpu_enable_command_buffer=', ''])
+def test_slurm_xla_flags_of_the_environment_win(env, submit_dir, xla_flags):
+  """XLA_FLAGS set when submitting (even empty) replaces the default."""
+  (command,) = sbatch_dry_run(env, submit_dir, '--workdir=/w', **slurm_env(2, 16),
+                              XLA_FLAGS=xla_flags)
+  assert command[0] == 'srun'
+  result = run(SLURM, '--workdir=/w', env=env, cwd=submit_dir, **slurm_env(2, 16),
+               XLA_FLAGS=xla_flags)
+  assert result.returncode == 0, result.stderr
+  assert calls(env)[0][2] == {'XLA_FLAGS': xla_flags}
 
 
 def test_slurm_dry_run_is_the_scripts_flag(env, submit_dir):
   """--dry_run anywhere among the arguments, never passed on to the program; DRY_RUN=1 (the older
   way) prints the same."""
   args = ('--config.seed=1', '--workdir=/shared/ipt', '--config.note=x')
-  expected = [['srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'python', '-u', '-m',
-               'ipt_jax.main', '--config=configs/pretrain.py', '--workdir=/shared/ipt',
+  expected = [['env', XLA, 'srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'python', '-u',
+               '-m', 'ipt_jax.main', '--config=configs/pretrain.py', '--workdir=/shared/ipt',
                '--config.seed=1', '--config.note=x']]
   slurm = slurm_env(nodes=2, tasks=16)
   result = run(SLURM, args[0], '--dry_run', *args[1:], env=env, cwd=submit_dir, **slurm)
@@ -416,19 +573,22 @@ def test_slurm_help(env):
   result = run(SLURM, '--help', env=env)  # Outside a SLURM job too.
   assert result.returncode == 0 and not calls(env)
   assert result.stdout.startswith('Usage: sbatch [SBATCH OPTIONS] launch/gpu_slurm.sbatch')
-  for flag in ('--workdir=DIR', '--module=MODULE', '--config=FILE', '--dry_run'):
+  for flag in ('--workdir=DIR', '--module=MODULE', '--config=FILE', '--keep_proxy', '--dry_run'):
     assert f'\n  {flag} ' in result.stdout
 
 
 def test_slurm_runs_srun(env, submit_dir):
-  for tasks, device_ids in ((16, None), (2, '0,1,2,3,4,5,6,7')):
+  """srun gets the printed arguments, and its environment the printed variables."""
+  xla_flags = XLA.removeprefix('XLA_FLAGS=')
+  for tasks, step_env in ((16, {'XLA_FLAGS': xla_flags}),
+                          (2, {'XLA_FLAGS': xla_flags, 'JAX_LOCAL_DEVICE_IDS': '0,1,2,3,4,5,6,7'})):
     pathlib.Path(env['CALLS']).unlink(missing_ok=True)
     args = ('--workdir=/shared/ipt', '--config.note=two words')
     (printed,) = sbatch_dry_run(env, submit_dir, *args, **slurm_env(nodes=2, tasks=tasks))
     result = run(SLURM, *args, env=env, cwd=submit_dir, **slurm_env(nodes=2, tasks=tasks))
     assert result.returncode == 0, result.stderr
     srun = printed[printed.index('srun'):]
-    assert calls(env) == [['srun', srun[1:], device_ids]]
+    assert calls(env) == [['srun', srun[1:], step_env]]
 
 
 @pytest.mark.parametrize('args, slurm, message', [
@@ -442,6 +602,8 @@ def test_slurm_runs_srun(env, submit_dir):
      '--module=ipt_jax.finetune needs --config'),
     (['--workdir=/w', '--module='], slurm_env(2, 16), '--module needs a value'),
     (['--workdir=/w', '--dry_run=yes'], slurm_env(2, 16), '--dry_run takes no value'),
+    (['--workdir=/w', '--keep_proxy=1'], slurm_env(2, 16), '--keep_proxy takes no value'),
+    (['--workdir=/w'], slurm_env(2, 16, cpus_on_node=4), '8 processes per node but 4 CPUs'),
 ])
 def test_slurm_bad_arguments_fail_before_srun_runs(env, submit_dir, args, slurm, message):
   result = run(SLURM, *args, env=env, cwd=submit_dir, **slurm)
@@ -481,7 +643,7 @@ def test_both_scripts_quote_the_same_program_arguments_the_same_way(env, submit_
                             **slurm_env(nodes=2, tasks=16))
   program = ['-u', '-m', 'ipt_jax.main', '--config=configs/pretrain.py', '--workdir=/w',
              *overrides]
-  assert tpu == ssh(start(['python3', *program]), worker='all')
+  assert tpu == ssh(start(['.venv/bin/python', *program]), worker='all')
   assert slurm[slurm.index('python'):] == ['python', *program]
 
 
@@ -489,12 +651,12 @@ def test_both_scripts_quote_the_same_program_arguments_the_same_way(env, submit_
 def test_dry_run_prints_and_runs_nothing(env, submit_dir, script):
   """One convention for both: --dry_run prints each command, shell-quoted, on a line of its own."""
   if script == TPU:
-    args, extra = ['delete', *WHERE, '--queued'], {}
+    args, extra = ['delete', *WHERE], {}
   else:
     args, extra = ['--workdir=/w'], slurm_env(nodes=2, tasks=16)
   result = run(script, *args, '--dry_run', env=env, cwd=submit_dir, **extra)
   (command,) = printed_commands(result)
-  assert command[0] == ('gcloud' if script == TPU else 'srun') and '--dry_run' not in command
+  assert command[0] == ('gcloud' if script == TPU else 'env') and '--dry_run' not in command
   assert result.stderr == '' and not calls(env)
 
 
@@ -532,3 +694,63 @@ def test_shellcheck(script):
   result = subprocess.run([shellcheck, '-x', str(script)], capture_output=True, text=True,
                           check=False)
   assert result.returncode == 0, result.stdout
+
+
+# --- check_versions.py: the versions report of `tpu.sh setup` and .ci/minimum_versions -----------
+
+def check_versions(tmp_path, *args, requires=(), requires_python='>=3.11'):
+  """launch/check_versions.py for a made-up distribution `fake-ipt` with these requirements."""
+  info = tmp_path / 'site' / 'fake_ipt-1.0.dist-info'
+  info.mkdir(parents=True, exist_ok=True)
+  (info / 'METADATA').write_text(
+      'Metadata-Version: 2.1\nName: fake-ipt\nVersion: 1.0\n'
+      f'Requires-Python: {requires_python}\n' + ''.join(f'Requires-Dist: {r}\n' for r in requires))
+  return subprocess.run([sys.executable, str(CHECK_VERSIONS), '--package=fake-ipt', *args],
+                        env=dict(os.environ, PYTHONPATH=str(tmp_path / 'site')),
+                        capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_check_versions_prints_the_versions(tmp_path):
+  result = check_versions(tmp_path, requires=['jax>=0.0.1', 'numpy>=1',
+                                              'no-such-package>=1; extra == "torch"'])
+  assert result.returncode == 0, result.stderr
+  host, line = result.stdout.rstrip('\n').split(': ', 1)
+  assert host == socket.gethostname() and result.stderr == ''
+  assert line.startswith(f'Python {platform.python_version()}, jax {jax_version()}, '
+                         f'numpy {np_version()}')
+  assert 'no-such-package' not in line  # An extra's requirement.
+
+
+def test_check_versions_fails_below_a_floor(tmp_path):
+  result = check_versions(tmp_path, requires=['jax>=999', 'no-such-package>=1', 'numpy>=1'],
+                          requires_python='>=99')
+  assert result.returncode == 1
+  host = socket.gethostname()
+  assert result.stderr.splitlines() == [
+      f'{host}: error: Python {platform.python_version()} is below the floor of fake-ipt (>=99)',
+      f'{host}: error: jax {jax_version()} is below the floor of fake-ipt (>=999)',
+      f'{host}: error: no-such-package is not installed (fake-ipt needs >=1)']
+
+
+def test_check_versions_with_pins(tmp_path):
+  pins = tmp_path / 'pins.txt'
+  pins.write_text(f'# the floors\njax=={jax_version()}  # jax\n\nnumpy==0.0.1\n')
+  result = check_versions(tmp_path, f'--pins={pins}', requires=['jax>=0.0.1'])
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      f'{socket.gethostname()}: error: numpy {np_version()} is not the pinned ==0.0.1']
+
+
+def test_check_versions_of_this_installation():
+  result = subprocess.run([sys.executable, str(CHECK_VERSIONS)], capture_output=True, text=True,
+                          timeout=60, check=False)
+  assert result.returncode == 0, result.stderr
+  assert f', jax {jax_version()},' in result.stdout
+
+
+def jax_version():
+  return importlib.metadata.version('jax')
+
+
+def np_version():
+  return importlib.metadata.version('numpy')
