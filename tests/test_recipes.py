@@ -1,0 +1,60 @@
+"""The small-data recipes run (a handful of steps, no timing asserted) and the README's figures
+regenerate from their workdirs."""
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import small_data
+from ipt_jax import figures
+from ipt_jax import train
+from ipt_jax import weights
+
+
+def few_steps(task):
+  config = small_data.get_config(task)
+  config.data.source = 'samples:train'
+  config.data.batch_size = 2
+  config.total_steps, config.log_every, config.eval_every, config.checkpoint_every = 4, 2, 2, 4
+  config.optimizer.warmup_steps = 1
+  config.eval.num_examples = 2
+  return config
+
+
+@pytest.fixture(scope='module')
+def sr_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('sr_x2')
+  train.train_and_evaluate(few_steps('sr_x2'), str(workdir))
+  return workdir
+
+
+def test_sr_x2_recipe_trains_and_checkpoints(sr_run):
+  model, _ = weights.load(sr_run)
+  assert model.tasks == ('sr_x2',) and model.n_feats == 32
+
+
+def test_denoise_30_recipe_trains(tmp_path):
+  state = train.train_and_evaluate(few_steps('denoise_30'), str(tmp_path))
+  assert int(state.step) == 4
+
+
+def test_the_training_images_are_a_required_override(tmp_path):
+  with pytest.raises(ValueError, match=r'config.data.source is not set: .*folder:<path>'):
+    train.train_and_evaluate(small_data.get_config('sr_x2'), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
+def test_figures_regenerate_from_a_workdir(sr_run, tmp_path):
+  pytest.importorskip('matplotlib')
+  curves = figures.validation_curves(sr_run)
+  minutes, psnr = curves['val/psnr_sr_x2']
+  assert len(psnr) == 2 and minutes[1] > minutes[0]  # Validation at steps 2 and 4.
+  figures.curves_figure(tmp_path / 'curves.png', [str(sr_run)])
+  hr = tmp_path / 'data' / 'Set5' / 'HR'
+  hr.mkdir(parents=True)
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 60, 3), np.uint8)).save(
+      hr / 'a.png')
+  figures.crops_figure(tmp_path / 'crops.png', str(sr_run), 'sr_x2', tmp_path / 'data', ['Set5'],
+                       48)
+  for name in ('curves.png', 'crops.png'):
+    with Image.open(tmp_path / name) as image:
+      assert image.format == 'PNG' and image.width > 300
