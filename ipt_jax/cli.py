@@ -109,6 +109,13 @@ def benchmark_set_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
 
 
 @functools.cache
+def output_flag() -> flags.FlagHolder:
+  return flags.DEFINE_string('output', None, 'The file to write (convert: a .pt / .pth / '
+                             '.safetensors name in the official layout, or a new directory name '
+                             'for Flax params; figures: a .png).')
+
+
+@functools.cache
 def output_dir_flag() -> flags.FlagHolder:
   return flags.DEFINE_string('output_dir', None, 'Folder for the outputs (created if needed).')
 

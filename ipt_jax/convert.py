@@ -24,8 +24,7 @@ from ipt_jax import weights
 from ipt_jax.models import ipt
 
 CHECKPOINT = cli.checkpoint_flags()
-OUTPUT = flags.DEFINE_string('output', None, 'A .pt / .pth / .safetensors file name (official '
-                             'layout), or a new directory name (Flax params + model config).')
+OUTPUT = cli.output_flag()
 
 
 def convert(checkpoint_path, output_path, *, checkpoint_tasks: Sequence[str] | None = None,

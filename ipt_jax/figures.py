@@ -1,8 +1,8 @@
 """The README's figures, regenerated from training runs.
 
-  python -m ipt_jax.figures --what=crops --checkpoint=runs/sr_x2 --tasks=sr_x2 \
+  python -m ipt_jax.figures --figure=crops --checkpoint=runs/sr_x2 --tasks=sr_x2 \
       --data_dir=path/to/benchmark --sets=Set5,Set14 --output=docs/sr_x2_crops.png
-  python -m ipt_jax.figures --what=curves --workdirs=runs/sr_x2,runs/denoise_30 \
+  python -m ipt_jax.figures --figure=curves --workdirs=runs/sr_x2,runs/denoise_30 \
       --output=docs/validation_curves.png
 
 `crops`: for the first image of each set, a crop of the baseline (bicubic for SR, the noisy or
@@ -28,11 +28,11 @@ from ipt_jax.data import degrade
 
 CHECKPOINT = cli.checkpoint_flags()
 TASKS = cli.tasks_flag()
-WHAT = flags.DEFINE_enum('what', None, ['crops', 'curves'], 'Which figure.')
+FIGURE = flags.DEFINE_enum('figure', None, ['crops', 'curves'], 'Which figure to draw.')
 DATA_DIR, SETS = cli.benchmark_set_flags()  # crops: the first image of each set is shown.
 CROP = flags.DEFINE_integer('crop', 96, 'crops: side of the shown crop, in output pixels.')
 WORKDIRS = flags.DEFINE_list('workdirs', None, 'curves: training workdirs, one curve each.')
-OUTPUT = flags.DEFINE_string('output', None, 'The PNG to write.')
+OUTPUT = cli.output_flag()
 
 
 def _pyplot():
@@ -124,18 +124,18 @@ def _save(fig, output):
 
 def main(argv):
   cli.check_no_arguments(argv)
-  if WHAT.value == 'crops':
+  if FIGURE.value == 'crops':
     if not CHECKPOINT.checkpoint.value or not TASKS.value or not DATA_DIR.value:
-      raise errors.FlagError('--what=crops needs --checkpoint, --tasks (one) and --data_dir.')
+      raise errors.FlagError('--figure=crops needs --checkpoint, --tasks (one) and --data_dir.')
     crops_figure(OUTPUT.value, CHECKPOINT.checkpoint.value, TASKS.value[0], DATA_DIR.value,
                  SETS.value, CROP.value, **CHECKPOINT.load_args())
   else:
     if not WORKDIRS.value:
-      raise errors.FlagError('--what=curves needs --workdirs.')
+      raise errors.FlagError('--figure=curves needs --workdirs.')
     curves_figure(OUTPUT.value, WORKDIRS.value)
   print(f'Wrote {OUTPUT.value}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['what', 'output'])
+  flags.mark_flags_as_required(['figure', 'output'])
   cli.run(main)

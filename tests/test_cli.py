@@ -11,7 +11,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 COMMANDS = ('main', 'finetune', 'evaluate', 'restore', 'convert', 'benchmark', 'figures')
 # Flags of ipt_jax.cli: each must be the same everywhere it is taken.
 SHARED = ('checkpoint', 'checkpoint_tasks', 'num_heads', 'tasks', 'dtype', 'tiling', 'overlap',
-          'tile_batch', 'self_ensemble', 'output_dir', 'seed', 'config', 'workdir')
+          'tile_batch', 'self_ensemble', 'output_dir', 'output', 'seed', 'config', 'workdir',
+          'data_dir', 'sets')
 
 
 def command(name, *args, **kwargs):
@@ -48,6 +49,8 @@ def test_shared_flags_have_one_name_type_and_default_everywhere(key_flags):
   assert takes('dtype') == ['benchmark', 'evaluate', 'restore']
   assert takes('config') == ['benchmark', 'finetune', 'main']
   assert takes('workdir') == ['finetune', 'main']
+  assert takes('output') == ['convert', 'figures']
+  assert takes('data_dir') == ['evaluate', 'figures']
   for old in ('input', 'task', 'init'):
     assert not any(old in flags for flags in key_flags.values()), old
 
