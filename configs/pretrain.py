@@ -53,7 +53,10 @@ def get_config(arg=None):
   # bfloat16 compute with float32 parameters is the accelerator setting; use float32 on CPU.
   config.model = ml_collections.ConfigDict(dict(
       preset='paper', dtype='bfloat16', param_dtype='float32',
-      attention_impl=config_dict.placeholder(str)))  # 'cudnn' on NVIDIA GPUs.
+      attention_impl=config_dict.placeholder(str),  # 'cudnn' on NVIDIA GPUs.
+      # One loop over the layers: XLA:CPU fuses the residual stream's gradient across
+      # unrolled layers, and the paper model's step costs 4x more (BENCHMARKS.md).
+      scan_layers=True))
 
   # Length: total_steps, or num_epochs over num_train_images at the global batch size.
   config.num_epochs = 300

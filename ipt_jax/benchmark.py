@@ -4,13 +4,23 @@
       --tasks=sr_x2 --batch=256 --dtype=bfloat16
   python -m ipt_jax.benchmark --what=infer --preset=paper --tasks=sr_x2 --image_size=256
   python -m ipt_jax.benchmark --what=input --config=configs/pretrain.py [--source=folder:DIR]
+  python -m ipt_jax.benchmark --what=train --config=configs/pretrain.py --preset=paper \
+      --tasks=sr_x2 --batch=4 --dtype=float32 --compare_official=PATH/Pretrained-IPT
 
 `train` and `infer` run on synthetic on-device data and print images/s, step time, achieved
 TFLOP/s and MFU, peak device memory and compile time. FLOPs are counted analytically from
 the model's matrix multiplications and convolutions (`forward_flops`; the paper model's x2
 forward is 66.6 GFLOP per 48x48 image, a training step 3x that): XLA's cost analysis leaves
 out cuBLAS / cuDNN calls on GPUs. The optimiser, loss and data settings come from --config
-(e.g. configs/pretrain.py, any field overridable).
+(e.g. configs/pretrain.py, any field overridable); `--remat` and `--scan_layers` (default:
+the config's model fields) choose how the transformer layers run.
+
+`--compare_official=PATH` also builds the official PyTorch IPT from a checkout of
+huawei-noah/Pretrained-IPT (`model.ipt.ipt`, sized as the preset, one head and tail for the
+task), loads the same weights (`torch_layout.to_torch`), and times its training step (L1 loss,
+torch.optim.Adam, as the official trainer) on the same batch in this process, alternating
+rounds with ours so that load from elsewhere on the machine affects both alike; it prints
+both (best and median step, images/s) and the ratio of their speeds.
 
 `input`: training samples per second out of the input pipeline (decode, crop, augment,
 degrade, batch), in total and per CPU core. Without `--source` it reads a temporary folder
@@ -19,8 +29,10 @@ of ImageNet-sized (500x375) JPEGs made from the scikit-image samples.
 This module imports and runs `train` and `infer` without TensorFlow (accelerator machines may
 lack it); only the input benchmark loads it.
 """
+from collections.abc import Callable
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -57,6 +69,20 @@ _NUM_IMAGES = flags.DEFINE_integer('num_images', 200,
                                    'Input benchmark: JPEGs in the generated folder.')
 _SEED = cli.seed_flag()
 _INFERENCE = cli.inference_flags()
+_REMAT = flags.DEFINE_bool(
+    'remat', None, 'Recompute each transformer layer in the backward pass (IPT.remat); default: '
+    "the --config's model.remat, else false.")
+_SCAN = flags.DEFINE_bool(
+    'scan_layers', None, 'Run the encoder and decoder layers as two loops (IPT.scan_layers); '
+    "default: the --config's model.scan_layers, else false.")
+_COMPARE = flags.DEFINE_string(
+    'compare_official', None, 'Train: also time the official PyTorch IPT (L1 loss, '
+    'torch.optim.Adam) with the same weights and batch, from this checkout of '
+    'huawei-noah/Pretrained-IPT (its model/ipt.py), side by side in this process, and print '
+    'the ratio. Needs torch.')
+_ROUNDS = flags.DEFINE_integer(
+    'rounds', 3, 'With --compare_official: alternating rounds of --steps steps each side '
+    '(the best step of all rounds counts).', lower_bound=1)
 
 _IMAGENET_SIZE = (375, 500)  # Height, width: the most common ImageNet image size.
 # Dense bfloat16 TFLOP/s per device (vendor figures), by a substring of device_kind.
@@ -97,7 +123,15 @@ def _peak_memory_gib(device) -> float | None:
 
 def _model() -> ipt.IPT:
   return ipt.create(_PRESET.value, tasks=(_task(),), dtype=_DTYPE.value,
-                    attention_impl=_ATTENTION.value)
+                    attention_impl=_ATTENTION.value, remat=_layer_option(_REMAT, 'remat'),
+                    scan_layers=_layer_option(_SCAN, 'scan_layers'))
+
+
+def _layer_option(flag: flags.FlagHolder, field: str) -> bool:
+  """The flag when given, else the config's model field when there is one, else False."""
+  if flag.value is not None:
+    return flag.value
+  return bool(_CONFIG.value is not None and _CONFIG.value.model.get(field))
 
 
 def _config():
@@ -121,8 +155,11 @@ def _report(what: str, *, seconds: float, images: int, flops: float, compile_s: 
   tflops = flops / seconds / 1e12
   peak = _peak_tflops(device)
   memory = _peak_memory_gib(device)
+  layers = ', '.join(name for name, on in (('remat', _layer_option(_REMAT, 'remat')), (
+      'scan_layers', _layer_option(_SCAN, 'scan_layers'))) if on)
   print(f'{what} on {jax.device_count()} x {device.device_kind} ({_PRESET.value} model, '
-        f'{_task()}, {_DTYPE.value}, attention {_ATTENTION.value or "default"}):')
+        f'{_task()}, {_DTYPE.value}, attention {_ATTENTION.value or "default"}'
+        f'{", " + layers if layers else ""}):')
   print(f'  {images / seconds:,.1f} images/s, {seconds / _STEPS.value * 1e3:.1f} ms per {unit}')
   print(f'  {tflops:.3g} TFLOP/s achieved' + (
       f', MFU {tflops / (peak * jax.device_count()):.1%} of {peak:.0f} TFLOP/s per device'
@@ -144,23 +181,137 @@ def benchmark_train() -> None:
                                 jax.eval_shape(lambda s: s, state))[0]
   scale, patch = model.scale(0), model.patch_size
   rng = np.random.default_rng(_SEED.value)
-  batch = parallel.global_batch(mesh, {
+  host_batch = {
       'lq': rng.integers(0, 256, (_BATCH.value, patch, patch, 3), np.uint8),
-      'hq': rng.integers(0, 256, (_BATCH.value, patch * scale, patch * scale, 3), np.uint8)})
+      'hq': rng.integers(0, 256, (_BATCH.value, patch * scale, patch * scale, 3), np.uint8)}
+  batch = parallel.global_batch(mesh, host_batch)
+  official = None
+  if _COMPARE.value:
+    official = OfficialTrainStep(_COMPARE.value, model, state.params, host_batch, config)
+    official.check_outputs(model, state.params)
   start = time.perf_counter()
   step = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  for _ in range(_WARMUP_STEPS.value):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(_STEPS.value):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  seconds = time.perf_counter() - start
+
+  def run_ours(steps: int) -> list[float]:
+    nonlocal state
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      state, metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    return times
+
+  run_ours(_WARMUP_STEPS.value)
+  if official is None:
+    seconds = sum(run_ours(_STEPS.value))
+  else:
+    official.run(_WARMUP_STEPS.value)
+    ours_times, official_times = [], []
+    for _ in range(_ROUNDS.value):  # Back to back, so that the machine's load hits both alike.
+      ours_times += _after_pause(run_ours)
+      official_times += _after_pause(official.run)
+    seconds = min(ours_times) * _STEPS.value
   images = _STEPS.value * _BATCH.value
   _report(f'train step, batch {_BATCH.value}', seconds=seconds, images=images,
           flops=3 * forward_flops(model, 0) * images, compile_s=compile_s, unit='step')
+  if official is not None:
+    _report_comparison(ours_times, official_times)
+
+
+# Seconds between the two sides' rounds: XLA's and PyTorch's thread pools spin a while after
+# their last task and would slow the other side's first steps.
+_PAUSE_S = 1.
+
+
+def _after_pause(run: Callable[[int], list[float]]) -> list[float]:
+  """--steps timed steps after a pause and an untimed step: the other side's threads settle."""
+  time.sleep(_PAUSE_S)
+  run(1)
+  return run(_STEPS.value)
+
+
+def _report_comparison(ours: list[float], official: list[float]):
+  batch = _BATCH.value
+  print(f'side by side, {_ROUNDS.value} rounds of {_STEPS.value} steps each, best step '
+        f'(median) in seconds:')
+  for name, times in (('ipt-jax', ours), ('official PyTorch', official)):
+    print(f'  {name:17s} {min(times):.3f} s ({np.median(times):.3f} s) per step, '
+          f'{batch / min(times):,.2f} images/s')
+  ratio, median_ratio = min(official) / min(ours), np.median(official) / np.median(ours)
+  faster = 'ipt-jax' if ratio >= 1 else 'official'
+  print(f'  speed ratio ipt-jax / official: {ratio:.2f} (medians: {median_ratio:.2f}); '
+        f'{faster} is faster')
+
+
+class OfficialTrainStep:
+  """The official PyTorch IPT's training step (L1 loss, torch.optim.Adam, as its trainer.py)
+  on the same batch, from a checkout of huawei-noah/Pretrained-IPT, with ipt-jax's weights."""
+
+  def __init__(self, path: str, model: ipt.IPT, params, host_batch: dict[str, np.ndarray],
+               config):
+    import torch  # pylint: disable=g-import-not-at-top
+
+    from ipt_jax import torch_layout  # pylint: disable=g-import-not-at-top
+    self._torch = torch
+    self.net = build_official_model(path, model)
+    self.net.load_state_dict(torch_layout.to_torch(params, model), strict=True)
+    self.net.train()
+    opt = config.optimizer
+    self.optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad],
+                                      lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps)
+    to_nchw = lambda x: torch.from_numpy(np.ascontiguousarray(
+        x.transpose(0, 3, 1, 2), dtype=np.float32))
+    self.lq, self.hq = to_nchw(host_batch['lq']), to_nchw(host_batch['hq'])
+
+  def check_outputs(self, model: ipt.IPT, params):
+    """Prints how far apart the two models' outputs on the batch are (same weights)."""
+    ours = np.asarray(model.apply({'params': params}, jax.numpy.asarray(
+        self.lq.numpy().transpose(0, 2, 3, 1)), task=0)).transpose(0, 3, 1, 2)
+    with self._torch.no_grad():
+      theirs = self.net(self.lq).numpy()
+    print(f'same weights: outputs differ by at most {np.abs(ours - theirs).max():.2g} '
+          '(of 255)')
+
+  def run(self, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.optimizer.zero_grad()
+      loss = self._torch.nn.functional.l1_loss(self.net(self.lq), self.hq)
+      loss.backward()
+      self.optimizer.step()
+      times.append(time.perf_counter() - start)
+    return times
+
+
+def _check_official_checkout(path: str):
+  if not os.path.isfile(os.path.join(path, 'model', 'ipt.py')):
+    raise errors.InputError(f'--compare_official={path}: no model/ipt.py there; give a checkout '
+                            'of https://github.com/huawei-noah/Pretrained-IPT.')
+
+
+def build_official_model(path: str, model: ipt.IPT):
+  """The official `model.ipt.ipt` of the checkout at `path`, sized as `model`, for its tasks."""
+  import types  # pylint: disable=g-import-not-at-top
+  _check_official_checkout(path)
+  dim = model.n_feats * model.patch_dim**2
+  if model.mlp_dim != 4 * dim or tuple(model.rgb_mean) != ipt.RGB_MEAN:
+    raise errors.InputError('The official model has mlp_dim = 4 x n_feats x patch_dim**2 and '
+                            'the DIV2K mean; this model does not.')
+  if path not in sys.path:
+    sys.path.insert(0, path)
+  from model import ipt as official_ipt  # pylint: disable=g-import-not-at-top,import-error
+  args = types.SimpleNamespace(
+      n_feats=model.n_feats, n_colors=3, rgb_range=255,
+      scale=[model.scale(i) for i in range(len(model.tasks))], patch_size=model.patch_size,
+      patch_dim=model.patch_dim, num_heads=model.num_heads, num_layers=model.num_layers,
+      num_queries=len(model.tasks), dropout_rate=model.dropout_rate, no_mlp=False,
+      pos_every=False, no_pos=False, no_norm=False)
+  net = official_ipt.ipt(args)
+  net.set_scale(0)
+  return net
 
 
 def benchmark_infer() -> None:
@@ -250,6 +401,10 @@ def benchmark_input() -> None:
 
 def main(argv):
   cli.check_no_arguments(argv)
+  if _COMPARE.value:
+    if _WHAT.value != 'train':
+      raise errors.FlagError('--compare_official goes with --what=train.')
+    _check_official_checkout(_COMPARE.value)
   {'train': benchmark_train, 'infer': benchmark_infer, 'input': benchmark_input}[_WHAT.value]()
 
 

@@ -99,7 +99,7 @@ def find_params_dir(path) -> epath.Path:
 
 TRAIN = 'train'  # Item of a training step holding what resuming needs beyond params.
 # Model fields a run may change when it resumes: how it computes, not what it learns.
-_COMPUTE_FIELDS = ('dtype', 'attention_impl', 'dropout_rate', 'remat')
+_COMPUTE_FIELDS = ('dtype', 'attention_impl', 'dropout_rate', 'remat', 'scan_layers')
 
 
 class TrainCheckpoints:

@@ -44,6 +44,39 @@ def test_train_and_infer_benchmarks_run_without_tensorflow(args, unit):
   assert re.search(r'TFLOP/s achieved', out) and re.search(r'compile [\d.]+ s', out), out
 
 
+def test_remat_and_scan_layers_flags():
+  out = run('--what=train', '--config=configs/quickstart.py', '--preset=tiny', '--tasks=sr_x2',
+            '--batch=2', '--steps=1', '--warmup_steps=0', '--remat', '--scan_layers')
+  assert 'remat, scan_layers):' in out, out
+
+
+# A checkout of https://github.com/huawei-noah/Pretrained-IPT, to compare with the official model.
+OFFICIAL = os.environ.get('PRETRAINED_IPT_DIR', '')
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(OFFICIAL, 'model', 'ipt.py')),
+                    reason='set PRETRAINED_IPT_DIR to a checkout of huawei-noah/Pretrained-IPT')
+def test_side_by_side_with_the_official_model():
+  pytest.importorskip('torch')
+  out = run('--what=train', '--config=configs/pretrain.py', '--preset=tiny', '--tasks=sr_x3',
+            '--batch=2', '--steps=1', '--rounds=2', '--warmup_steps=0',
+            f'--compare_official={OFFICIAL}')
+  # The same weights in both: the outputs agree to float32 rounding.
+  match = re.search(r'outputs differ by at most ([\d.e+-]+)', out)
+  assert match and float(match[1]) < 0.05, out
+  assert re.search(r'ipt-jax +[\d.]+ s \([\d.]+ s\) per step', out), out
+  assert re.search(r'official PyTorch +[\d.]+ s \([\d.]+ s\) per step', out), out
+  assert re.search(r'speed ratio ipt-jax / official: [\d.]+', out), out
+
+
+def test_compare_official_needs_a_checkout(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'ipt_jax.benchmark', '--what=train', '--config=configs/pretrain.py',
+       '--preset=tiny', '--tasks=sr_x2', '--batch=2', f'--compare_official={tmp_path}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and 'no model/ipt.py there' in result.stderr, result.stderr
+
+
 def test_input_benchmark_command():
   result = subprocess.run(
       [sys.executable, '-m', 'ipt_jax.benchmark', '--what=input', '--config=configs/pretrain.py',

@@ -162,8 +162,9 @@ class Attention(nn.Module):
       initialisation of the official encoder or decoder.
     dtype: compute dtype.
     param_dtype: dtype of the kernels.
-    attention_impl: `implementation` of jax.nn.dot_product_attention (None: XLA picks;
-      'cudnn': fused attention on NVIDIA GPUs). Not used in float64.
+    attention_impl: `implementation` of jax.nn.dot_product_attention ('xla'; 'cudnn': fused
+      attention on NVIDIA GPUs). None: `dot_product_attention` below in float32 and float64,
+      jax.nn.dot_product_attention's choice in bfloat16.
   """
   num_heads: int
   qkv_init_bound: float
@@ -177,16 +178,30 @@ class Attention(nn.Module):
     dense = lambda name, bound: nn.Dense(dim, use_bias=False, dtype=self.dtype,
                                          param_dtype=self.param_dtype, name=name,
                                          kernel_init=_uniform(bound))
-    split = lambda t: einops.rearrange(t, 'b t (n d) -> b t n d', n=self.num_heads)
-    q = split(dense('query', self.qkv_init_bound)(query))
-    k = split(dense('key', self.qkv_init_bound)(key))
-    v = split(dense('value', self.qkv_init_bound)(value))
-    if q.dtype == jnp.float64:  # dot_product_attention would round the softmax to float32.
-      weights = jax.nn.softmax(jnp.einsum('bqnd,bknd->bnqk', q, k) / math.sqrt(q.shape[-1]))
-      out = jnp.einsum('bnqk,bknd->bqnd', weights, v)
-    else:
-      out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
-    return dense('out', 1 / math.sqrt(dim))(einops.rearrange(out, 'b t n d -> b t (n d)'))
+    # Heads first ([batch, heads, tokens, head_dim]): batched matrix products without
+    # transposes in between, the fastest layout on XLA:CPU.
+    heads = lambda t: einops.rearrange(t, 'b t (n d) -> b n t d', n=self.num_heads)
+    q = heads(dense('query', self.qkv_init_bound)(query))
+    k = heads(dense('key', self.qkv_init_bound)(key))
+    v = heads(dense('value', self.qkv_init_bound)(value))
+    if self.attention_impl is None and q.dtype in (jnp.float32, jnp.float64):
+      out = dot_product_attention(q, k, v)
+    else:  # bfloat16 (softmax in float32 with consistent backward dtypes), or a named kernel.
+      swap = lambda t: jnp.swapaxes(t, 1, 2)
+      out = swap(jax.nn.dot_product_attention(swap(q), swap(k), swap(v),
+                                              implementation=self.attention_impl))
+    return dense('out', 1 / math.sqrt(dim))(einops.rearrange(out, 'b n t d -> b t (n d)'))
+
+
+def dot_product_attention(q, k, v):
+  """softmax(q k^T / sqrt(head_dim)) v on [batch, heads, tokens, head_dim], in q's dtype.
+
+  The computation of jax.nn.dot_product_attention's XLA implementation (which would round
+  the softmax of float64 inputs to float32), without its transposes to and from
+  [batch, tokens, heads, head_dim].
+  """
+  logits = jnp.einsum('bnqd,bnkd->bnqk', q, k) / math.sqrt(q.shape[-1])
+  return jnp.einsum('bnqk,bnkd->bnqd', jax.nn.softmax(logits, axis=-1), v)
 
 
 class MlpBlock(nn.Module):
@@ -315,7 +330,13 @@ class Body(nn.Module):
     param_dtype: dtype of the parameters.
     attention_impl: see Attention.
     remat: recompute each layer's activations in the backward pass instead of storing them
-      (less memory; on XLA:CPU a several times faster gradient of the 24-layer body).
+      (less memory).
+    scan_layers: run the encoder layers, then the decoder layers, as one loop each
+      (jax.lax.scan over their stacked parameters, which keep their per-layer names). The
+      same numbers; XLA compiles one layer instead of all, and cannot fuse the residual
+      stream's gradient across layers, which on XLA:CPU makes the paper model's gradient
+      4x slower when unrolled. Unrolled (False) records each layer's outputs under
+      `capture_intermediates`.
   """
   num_tokens: int
   patch_dim: int
@@ -328,6 +349,7 @@ class Body(nn.Module):
   param_dtype: Any = jnp.float32
   attention_impl: str | None = None
   remat: bool = False
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x, task: int, deterministic: bool):
@@ -353,20 +375,41 @@ class Body(nn.Module):
     layer_args = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                       dropout_rate=self.dropout_rate, dtype=self.dtype,
                       param_dtype=self.param_dtype, attention_impl=self.attention_impl)
-    # `deterministic` (argument 2, resp. 4, counting self) is a Python bool: static under remat.
-    encoder_layer = nn.remat(EncoderLayer, static_argnums=(2,)) if self.remat else EncoderLayer
-    decoder_layer = nn.remat(DecoderLayer, static_argnums=(4,)) if self.remat else DecoderLayer
-    for i in range(self.num_layers):
-      x = encoder_layer(**layer_args, name=f'encoder_{i}')(x, deterministic)
+    x = self._layers(EncoderLayer, 'encoder', layer_args, x, deterministic=deterministic)
     # The decoder's input and its memory are both the encoder output.
-    memory = x
-    for i in range(self.num_layers):
-      x = decoder_layer(**layer_args, name=f'decoder_{i}')(x, memory, task_embed, deterministic)
+    x = self._layers(DecoderLayer, 'decoder', layer_args, x, x, task_embed,
+                     deterministic=deterministic)
     features = x + MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.param_dtype,
                             name='mlp_head')(x, deterministic)
     out = einops.rearrange(features, 'b (h w) (c p q) -> b (h p) (w q) c', h=height // self.patch_dim,
                            p=self.patch_dim, q=self.patch_dim)
     return out, features
+
+  def _layers(self, layer_cls, prefix: str, layer_args: dict, x, *args, deterministic: bool):
+    """`num_layers` layers `<prefix>_<i>` applied in turn to x (other arguments shared)."""
+    if not self.scan_layers or self.is_initializing():
+      # `deterministic` (the last argument) is a Python bool: static under remat.
+      layer_cls = nn.remat(layer_cls, static_argnums=(len(args) + 2,)) if self.remat else layer_cls
+      for i in range(self.num_layers):
+        x = layer_cls(**layer_args, name=f'{prefix}_{i}')(x, *args, deterministic)
+      return x
+    # One loop over the layers: the parameters keep their per-layer names and are stacked here.
+    params = self.variables['params']
+    stacked = jax.tree.map(lambda *p: jnp.stack(p),
+                           *[params[f'{prefix}_{i}'] for i in range(self.num_layers)])
+    layer = layer_cls(**layer_args, parent=None)
+    use_rng = not deterministic and self.dropout_rate > 0
+    rngs = (jax.random.split(self.make_rng('dropout'), self.num_layers) if use_rng else
+            jnp.zeros((self.num_layers,), jnp.uint32))
+
+    def step(x, layer_params_and_rng):
+      layer_params, rng = layer_params_and_rng
+      return layer.apply({'params': layer_params}, x, *args, deterministic,
+                         rngs={'dropout': rng} if use_rng else None), None
+
+    if self.remat:
+      step = jax.checkpoint(step, prevent_cse=False)
+    return jax.lax.scan(step, x, (stacked, rngs))[0]
 
 
 class IPT(nn.Module):
@@ -395,7 +438,7 @@ class IPT(nn.Module):
     param_dtype: dtype of the parameters (float32).
     dropout_rate: dropout in the body (0 in the paper).
     attention_impl: see Attention.
-    remat: see Body.
+    remat, scan_layers: see Body.
     rgb_mean: per-channel mean on the [0, 1] scale, subtracted (times 255) first and added
       back last; fixed, not trained.
   """
@@ -411,6 +454,7 @@ class IPT(nn.Module):
   dropout_rate: float = 0.
   attention_impl: str | None = None
   remat: bool = False
+  scan_layers: bool = False
   rgb_mean: tuple[float, float, float] = RGB_MEAN
 
   @property
@@ -437,7 +481,7 @@ class IPT(nn.Module):
     x = heads[task](x - mean)
     body = Body((self.patch_size // self.patch_dim)**2, self.patch_dim, self.num_heads,
                 self.num_layers, self.mlp_dim, tuple(self.tasks), self.dropout_rate, self.dtype,
-                self.param_dtype, self.attention_impl, self.remat, name='body')
+                self.param_dtype, self.attention_impl, self.remat, self.scan_layers, name='body')
     res, features = body(x, task, deterministic=not train)
     out = tails[task](res + x) + mean
     return (out, features) if return_features else out
@@ -472,7 +516,7 @@ def task_of_param(path: Sequence[str], model_tasks: Sequence[str]) -> str | None
 
 _CONFIG_FIELDS = ('n_feats', 'patch_size', 'patch_dim', 'num_heads', 'num_layers', 'mlp_dim',
                   'tasks', 'dtype', 'param_dtype', 'dropout_rate', 'attention_impl', 'remat',
-                  'rgb_mean')
+                  'scan_layers', 'rgb_mean')
 
 
 def to_config(model: IPT) -> dict[str, Any]:
