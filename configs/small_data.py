@@ -25,14 +25,17 @@ def get_config(arg=None):
   config.data.shuffle_buffer = 64
   config.data.crops_per_image = 8
 
+  # The small preset with one encoder and one decoder layer: in 5-minute trials it beat the
+  # small preset (4 + 4 layers, 3x slower steps) and a narrower two-layer model (README).
   config.model.preset = 'small'
+  config.model.num_layers = 1
   config.model.dtype = 'float32'
 
-  config.total_steps = 900
+  config.total_steps = 1300  # About 27 minutes on 2 CPU cores.
   config.optimizer.update(lr=5e-4, schedule='cosine', end_lr=1e-5, warmup_steps=20)
   config.loss.contrastive_weight = 0.  # One task from scratch: L1 alone.
   config.log_every = 50
-  config.eval_every = 150
+  config.eval_every = 100
   config.eval.num_examples = 32
-  config.checkpoint_every = 150
+  config.checkpoint_every = 325
   return config

@@ -3,6 +3,7 @@
   python -m ipt_jax.evaluate --checkpoint=IPT_pretrain.pt --tasks=sr_x2,sr_x3,sr_x4 \
       --data_dir=benchmark --sets=Set5,Set14,B100,Urban100
   python -m ipt_jax.evaluate --model=bicubic --tasks=sr_x4 --data_dir=benchmark --sets=Set5,Set14
+  python -m ipt_jax.evaluate --model=input --tasks=denoise_30 --data_dir=benchmark --sets=CBSD68
 
 The protocol (docs/ipt_reference.md): outputs are quantised (clamped to [0, 255], rounded); PSNR
 and SSIM are measured on Y of YCbCr, shaving `scale` px off every border for SR and nothing for
@@ -13,6 +14,7 @@ forward_chop; 'fast' for quicker, slightly different numbers). The inputs (`data
     with MATLAB-bicubic of HR rounded to uint8; `--lr=generated` always makes them so. The
     bicubic baseline (`--model=bicubic`: MATLAB-bicubic up by the scale) uses the same inputs as
     the models; on Set5 and Set14 either choice moves it by less than 0.01 dB.
+    `--model=input` scores the degraded input itself: the baseline of denoising and deraining.
   * Denoising (e.g. CBSD68, Urban100): clip(HR + sigma N(0, 1), 0, 255), noise seeded by image
     name and `--seed`. Deraining: Rain100L pairs rain-XXX.png / norain-XXX.png.
 `--sets` defaults to the paper's sets of the task's kind.
@@ -23,11 +25,12 @@ prints a markdown table (task x set: PSNR, SSIM, images/s of restoring alone, co
 excluded) and writes `<output_dir>/results.json` (the settings, per-set and per-image numbers);
 `--save_images` also writes the quantised outputs as `<output_dir>/<task>/<set>/<name>.png`.
 Every file is written to a temporary name, then renamed. `--output_dir` defaults to
-`eval/<model>_<tasks>[_fast][_x8][_bfloat16]` in the working directory, <model> being 'bicubic'
-or the checkpoint's name.
+`eval/<model>_<tasks>[_fast][_x8][_bfloat16]` in the working directory, <model> being 'bicubic',
+'input' or the checkpoint's name.
 """
 from collections.abc import Callable, Sequence
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -50,7 +53,7 @@ from ipt_jax import weights
 from ipt_jax.data import benchmarks
 from ipt_jax.data import degrade
 
-MODELS = ('ipt', 'bicubic')
+MODELS = ('ipt', 'bicubic', 'input')
 LR_SOURCES = ('files', 'generated')
 _LAYOUTS = {
     'sr': '<data_dir>/<Set>/HR/<name>.png, optionally with '
@@ -66,7 +69,8 @@ INFERENCE = cli.inference_flags()
 OUTPUT_DIR = cli.output_dir_flag()
 SEED = cli.seed_flag()
 MODEL = flags.DEFINE_enum('model', 'ipt', list(MODELS), "'ipt': the --checkpoint; 'bicubic': "
-                          'the SR baseline (no checkpoint).')
+                          "the SR baseline; 'input': the degraded input itself, the baseline "
+                          'of denoising and deraining (no checkpoint for either).')
 DATA_DIR, SETS = cli.benchmark_set_flags()
 LR = flags.DEFINE_enum('lr', 'files', list(LR_SOURCES), 'SR inputs: the LR_bicubic files where '
                        'present (the others generated), or all generated from HR.')
@@ -153,8 +157,9 @@ class SetScore:
 def check_options(options: Options) -> list[tasks_lib.Task]:
   """The tasks to evaluate, after checking what can be checked before loading anything."""
   if options.model not in MODELS:
-    raise errors.FlagError(f'Unknown --model={options.model!r}; use ipt (with --checkpoint) '
-                           'or bicubic (the SR baseline).')
+    raise errors.FlagError(f'Unknown --model={options.model!r}; use ipt (with --checkpoint), '
+                           'bicubic (the SR baseline) or input (the denoising and deraining '
+                           'baseline).')
   if options.lr not in LR_SOURCES:
     raise errors.FlagError(f'Unknown --lr={options.lr!r}; use one of {", ".join(LR_SOURCES)}.')
   if not options.tasks:
@@ -164,10 +169,17 @@ def check_options(options: Options) -> list[tasks_lib.Task]:
     not_sr = [t.name for t in tasks if t.kind != 'sr']
     if not_sr:
       raise errors.FlagError(f'--model=bicubic is the baseline of super-resolution tasks '
-                             f'(sr_x2, sr_x3, sr_x4, ...), not of {", ".join(not_sr)}.')
+                             f'(sr_x2, sr_x3, sr_x4, ...), not of {", ".join(not_sr)}; '
+                             'use --model=input for those.')
+  elif options.model == 'input':
+    sr = [t.name for t in tasks if t.kind == 'sr']
+    if sr:
+      raise errors.FlagError(f'--model=input is the baseline of denoising and deraining; the '
+                             f'input of {", ".join(sr)} is smaller than its target: use '
+                             '--model=bicubic.')
   elif not options.checkpoint:
-    raise errors.FlagError('--checkpoint is required (or --model=bicubic for the SR '
-                           'baseline).')
+    raise errors.FlagError('--checkpoint is required (or --model=bicubic / --model=input for '
+                           'a baseline).')
   for task in tasks:
     for set_name in options.sets_for(task):
       check_set_folder(options.data_dir, set_name, task)
@@ -179,11 +191,6 @@ def check_set_folder(data_dir, set_name: str, task: tasks_lib.Task):
   if not folder.is_dir():
     raise errors.InputError(f'{folder}: no such benchmark set folder (--data_dir={data_dir}, '
                             f'set {set_name}); {task.name} expects {_LAYOUTS[task.kind]}.')
-
-
-def bicubic(task: tasks_lib.Task) -> Method:
-  """The bicubic SR baseline: MATLAB imresize up by the scale."""
-  return lambda lq: degrade.imresize_np(lq, task.scale)
 
 
 def evaluate_set(method: Method, entries: Sequence[benchmarks.Entry], task: tasks_lib.Task,
@@ -237,8 +244,9 @@ def _score(method: Method, pair: benchmarks.Pair, shave: int,
 
 def methods(options: Options, tasks: Sequence[tasks_lib.Task]) -> tuple[list[Method], dict]:
   """The method restoring each task, and a description of the model for the report."""
-  if options.model == 'bicubic':
-    return [bicubic(t) for t in tasks], {'model': 'bicubic'}
+  if options.model in ('bicubic', 'input'):  # check_options matched them to the tasks.
+    return [functools.partial(degrade.baseline, scale=t.scale) for t in tasks], {
+        'model': options.model}
   model, params = weights.load(options.checkpoint, checkpoint_tasks=options.checkpoint_tasks,
                                num_heads=options.num_heads, dtype=options.dtype)
   progress.log('Loaded %s; compiling it for %s (before timing starts).', options.checkpoint,
@@ -285,7 +293,7 @@ def settings(options: Options, model_settings: dict) -> dict:
 
 def default_output_dir(options: Options) -> pathlib.Path:
   """eval/<model>_<tasks>[_fast][_x8][_bfloat16], in the working directory."""
-  parts = [_checkpoint_name(options.checkpoint) if options.model == 'ipt' else 'bicubic',
+  parts = [_checkpoint_name(options.checkpoint) if options.model == 'ipt' else options.model,
            '+'.join(options.tasks)]
   if options.model == 'ipt':
     parts += (['fast'] if options.tiling == 'fast' else []) + (

@@ -45,10 +45,6 @@ def _pyplot():
   return pyplot
 
 
-def _baseline(task: tasks_lib.Task, lq: np.ndarray) -> np.ndarray:
-  return degrade.imresize_np(lq, task.scale) if task.kind == 'sr' else lq
-
-
 def _centre(image: np.ndarray, side: int) -> np.ndarray:
   top, left = [max((n - side) // 2, 0) for n in image.shape[:2]]
   return image[top:top + side, left:left + side]
@@ -65,7 +61,8 @@ def crops_figure(output, checkpoint, task_name: str, data_dir, sets, side: int, 
   fig, axes = pyplot.subplots(len(sets), 3, figsize=(9, 3.2 * len(sets)), squeeze=False)
   for row, set_name in zip(axes, sets):
     pair = benchmarks.entries(data_dir, set_name, task)[0].read()
-    panels = [('bicubic' if task.kind == 'sr' else 'input', _baseline(task, pair.lq)),
+    panels = [('bicubic' if task.kind == 'sr' else 'input',
+               degrade.baseline(pair.lq, task.scale)),
               ('IPT', restorer(pair.lq))]
     for ax, (label, image) in zip(row, panels + [('ground truth', pair.hq)]):
       image = metrics.quantise(image)

@@ -260,8 +260,8 @@ def baseline_psnr(tasks: tuple[str, ...], eval_batches) -> dict[str, float]:
   psnr = {}
   for name in tasks:
     task, lq = tasks_lib.get(name), eval_batches[name]['lq']
-    output = degrade.imresize_np(lq, task.scale) if task.kind == 'sr' else lq
-    psnr[name] = _mean_psnr(metrics_lib.quantise(output), eval_batches[name]['hq'], task)
+    psnr[name] = _mean_psnr(metrics_lib.quantise(degrade.baseline(lq, task.scale)),
+                            eval_batches[name]['hq'], task)
   return psnr
 
 

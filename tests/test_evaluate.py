@@ -149,6 +149,31 @@ def test_bicubic_is_only_for_super_resolution(data_dir):
                                        model='bicubic'))
 
 
+def test_the_input_baseline_is_only_for_denoising_and_deraining(data_dir):
+  with pytest.raises(ValueError, match='--model=input is the baseline of denoising and deraining; '
+                                       'the input of sr_x2 .* use --model=bicubic'):
+    evaluate.evaluate(evaluate.Options(tasks=('sr_x2',), data_dir=data_dir, model='input'))
+
+
+def test_the_input_baseline_scores_the_noisy_image(data_dir, tmp_path):
+  hr = pathlib.Path(data_dir) / 'CBSD68' / 'HR'
+  mini = tmp_path / 'data' / 'Mini' / 'HR'
+  mini.mkdir(parents=True)
+  names = sorted(os.listdir(hr))[:2]
+  for name in names:
+    (mini / name).write_bytes((hr / name).read_bytes())
+  scores, _ = evaluate.evaluate(evaluate.Options(
+      tasks=('denoise_30',), data_dir=str(tmp_path / 'data'), sets=('Mini',), model='input',
+      output_dir=str(tmp_path / 'eval')))
+  (score,) = scores
+  for image in score.images:  # The PSNR of clip(clean + 30 N(0, 1)) against the clean image.
+    pair = next(p for p in benchmarks.load(str(tmp_path / 'data'), 'Mini', 'denoise_30')
+                if p.name == image.name)
+    assert image.psnr == pytest.approx(float(metrics.psnr_y(metrics.quantise(pair.lq), pair.hq,
+                                                            0)), abs=1e-6)
+  assert 22 < score.psnr < 25  # Y: about 23.7 dB (RGB: 18.6).
+
+
 def test_a_checkpoint_is_required_for_the_model(data_dir):
   with pytest.raises(ValueError, match='--checkpoint is required'):
     evaluate.evaluate(evaluate.Options(tasks=('sr_x2',), data_dir=data_dir))
@@ -156,6 +181,7 @@ def test_a_checkpoint_is_required_for_the_model(data_dir):
 
 @pytest.mark.parametrize('options,expected', [
     (dict(model='bicubic', tasks=('sr_x2', 'sr_x3')), 'eval/bicubic_sr_x2+sr_x3'),
+    (dict(model='input', tasks=('denoise_30',)), 'eval/input_denoise_30'),
     (dict(checkpoint='models/IPT_sr_x4.pt', tasks=('sr_x4',)), 'eval/IPT_sr_x4_sr_x4'),
     (dict(checkpoint='runs/ft/checkpoints/3000', tasks=('sr_x2',), tiling='fast',
           self_ensemble=True, dtype='bfloat16'), 'eval/ft_3000_sr_x2_fast_x8_bfloat16'),

@@ -1,6 +1,7 @@
 """What the long-running commands say in a log (output to a pipe, not a terminal): training's
 line at every log_every step and its summary, evaluate's line per set, restore's line per image;
 no native start-up or PNG noise unless -v asks for it; logger settings undone after use."""
+import functools
 import io
 import logging
 import os
@@ -22,6 +23,7 @@ from ipt_jax import progress
 from ipt_jax import quiet
 from ipt_jax import tasks as tasks_lib
 from ipt_jax.data import benchmarks
+from ipt_jax.data import degrade
 from ipt_jax.data import sources
 from ipt_jax.models import ipt
 
@@ -93,7 +95,7 @@ def test_evaluate_logs_a_line_now_and_then_during_a_long_set(tmp_path, monkeypat
   task = tasks_lib.get('sr_x2')
   entries = benchmarks.entries(tmp_path, 'Mini', task)
   with caplog.at_level(logging.INFO):
-    score = evaluate.evaluate_set(evaluate.bicubic(task), entries, task, 'Mini')
+    score = evaluate.evaluate_set(functools.partial(degrade.baseline, scale=task.scale), entries, task, 'Mini')
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('sr_x2 Mini: ')]
   assert [l.split(', ')[0] for l in lines] == ['sr_x2 Mini: 1/3 images', 'sr_x2 Mini: 2/3 images',
                                                 'sr_x2 Mini: 3/3 images']

@@ -1,5 +1,8 @@
 """The small-data recipes run (a handful of steps, no timing asserted) and the README's figures
 regenerate from their workdirs."""
+import pathlib
+import re
+
 import numpy as np
 from PIL import Image
 import pytest
@@ -8,6 +11,8 @@ from configs import small_data
 from ipt_jax import figures
 from ipt_jax import train
 from ipt_jax import weights
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def few_steps(task):
@@ -29,7 +34,7 @@ def sr_run(tmp_path_factory):
 
 def test_sr_x2_recipe_trains_and_checkpoints(sr_run):
   model, _ = weights.load(sr_run)
-  assert model.tasks == ('sr_x2',) and model.n_feats == 32
+  assert model.tasks == ('sr_x2',) and (model.n_feats, model.num_layers) == (32, 1)
 
 
 def test_denoise_30_recipe_trains(tmp_path):
@@ -58,3 +63,13 @@ def test_figures_regenerate_from_a_workdir(sr_run, tmp_path):
   for name in ('curves.png', 'crops.png'):
     with Image.open(tmp_path / name) as image:
       assert image.format == 'PNG' and image.width > 300
+
+
+def test_every_figure_the_readme_shows_is_a_png_in_docs():
+  readme = REPO / 'README.md'
+  shown = re.findall(r'!\[[^\]]*\]\((docs/[^)]+)\)', readme.read_text())
+  assert {'docs/sr_x2_crops.png', 'docs/denoise_30_crops.png',
+          'docs/validation_curves.png'} <= set(shown)
+  for path in shown:
+    with Image.open(REPO / path) as image:
+      assert image.format == 'PNG', path

@@ -134,6 +134,12 @@ def imresize_np(image: np.ndarray, scale: float) -> np.ndarray:
   return x.astype(np.float32)
 
 
+def baseline(lq: np.ndarray, scale: int) -> np.ndarray:
+  """What a restoration model is to beat: MATLAB-bicubic up by `scale` for super-resolution,
+  the degraded (noisy, rainy) input itself at scale 1."""
+  return lq if scale == 1 else imresize_np(lq, scale)
+
+
 # ---------------------------------------------------------------------------
 # Noise and rain.
 # ---------------------------------------------------------------------------
