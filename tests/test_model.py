@@ -122,37 +122,46 @@ def test_bfloat16_compute_stays_close_to_float32(tiny):
   assert float(err.mean()) < 1.0, float(err.mean())
 
 
-@pytest.mark.parametrize('fields', [dict(remat=True), dict(scan_layers=True),
-                                    dict(scan_layers=True, remat=True)])
-def test_remat_and_scan_layers_change_how_it_runs_not_what_it_computes(fields):
+@pytest.fixture(scope='module')
+def float64_reference():
+  """A float64 model, its parameters, an input, and the loss and gradients of the unrolled one."""
   with jax.enable_x64(True):
     model = ipt.create('tiny', tasks=('sr_x2', 'derain'), dtype='float64', param_dtype='float64')
     params = model.init_params(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (2, 48, 48, 3), jnp.float64, maxval=255.)
+    return model, params, x, _loss_and_grad(model, params, x)
+
+
+def _loss_and_grad(model, params, x):
+  loss = lambda p: jnp.mean(model.apply({'params': p}, x, task=1, train=True) ** 2)
+  return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize('fields', [dict(remat=True), dict(scan_layers=True),
+                                    dict(scan_layers=True, remat=True)])
+def test_remat_and_scan_layers_change_how_it_runs_not_what_it_computes(float64_reference,
+                                                                          fields):
+  model, params, x, (loss, grads) = float64_reference
+  with jax.enable_x64(True):
     other = model.clone(**fields)
     # The same parameter names and shapes (checkpoints and conversion are unaffected).
     assert jax.tree.map(jnp.shape, other.init_params(jax.random.key(0))) == jax.tree.map(
         jnp.shape, params)
-    x = jax.random.uniform(jax.random.key(1), (2, 48, 48, 3), jnp.float64, maxval=255.)
-
-    def loss_and_grad(m):
-      loss = lambda p: jnp.mean(m.apply({'params': p}, x, task=1, train=True) ** 2)
-      return jax.value_and_grad(loss)(params)
-
-    (loss, grads), (other_loss, other_grads) = loss_and_grad(model), loss_and_grad(other)
+    other_loss, other_grads = _loss_and_grad(other, params, x)
     np.testing.assert_allclose(other_loss, loss, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(other_grads), jax.tree.leaves(grads)):
       np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * float(jnp.abs(b).max()))
 
 
-def test_scan_layers_draws_dropout_per_layer(tiny):
+def test_scan_layers_applies_dropout_by_its_key(tiny):
   model, params = tiny
   model = model.clone(dropout_rate=0.5, scan_layers=True)
   x = jnp.full((1, 48, 48, 3), 100.)
-  run = lambda seed: model.apply({'params': params}, x, task=0, train=True,
-                                 rngs={'dropout': jax.random.key(seed)})
-  assert np.isfinite(np.asarray(run(0))).all()
-  assert not np.allclose(run(0), run(1))
-  assert not np.allclose(run(0), model.apply({'params': params}, x, task=0))
+  run = jax.jit(lambda key: model.apply({'params': params}, x, task=0, train=True,
+                                        rngs={'dropout': key}))
+  assert np.isfinite(np.asarray(run(jax.random.key(0)))).all()
+  assert not np.allclose(run(jax.random.key(0)), run(jax.random.key(1)))
+  assert not np.allclose(run(jax.random.key(0)), model.apply({'params': params}, x, task=0))
 
 
 def test_the_accelerator_side_imports_without_tensorflow():
