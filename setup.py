@@ -18,6 +18,7 @@ setuptools.setup(
         'einops>=0.7.0',
         'etils[epath,epy]>=1.13.0',
         'flax>=0.11.0',
+        'importlib_resources>=6.0.0',  # TFDS's dataset builders (imagenet2012) need it.
         'jax>=0.8.1',
         'ml-collections>=1.0.0',
         'numpy>=2.0.2',

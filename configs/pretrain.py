@@ -30,8 +30,10 @@ def data_config() -> ml_collections.ConfigDict:
   data.task_weights = ()
   data.batch_size = 256  # Global: summed over hosts.
   data.patch_size = 48  # The model's input size (checked against the model at start-up).
-  data.crops_per_image = 4  # Crops cut from each decoded image, to amortise decoding.
-  data.augment = True  # Random flips and rotations by multiples of 90 degrees.
+  # Crops cut from each decoded image: officially one per image and epoch (docs/recipe.md);
+  # more amortise decoding but put several crops of one image in a contrastive group.
+  data.crops_per_image = 1
+  data.augment = False  # Random flips and transposes; none in the official pre-training.
   # (low, high) ranges each image's rain streaks are drawn from; unset: the Rain100L-like
   # defaults of ipt_jax.data.degrade.RainConfig, e.g. --config.data.rain.density=(0.01,0.02).
   data.rain = ml_collections.ConfigDict({
@@ -82,7 +84,8 @@ def get_config(arg=None):
 
   # Devices: data parallel, times `fsdp` devices sharding each parameter of at least
   # fsdp_min_size_mb (and its Adam moments); smaller ones stay replicated.
-  config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size_mb=1.))
+  # cpu_devices: on a CPU, run as this many devices (one per core is fastest; 0: one device).
+  config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size_mb=1., cpu_devices=0))
   config.distributed = 'auto'  # 'on' for multi-host Cloud TPU (see ipt_jax/parallel.py).
 
   config.log_every = 100

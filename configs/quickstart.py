@@ -14,6 +14,9 @@ def get_config(arg=None):
   config.data.val_source = 'samples:validation'
   config.data.batch_size = 8
   config.data.shuffle_buffer = 64
+  # Seven photos: several crops per decode and random flips make the most of them.
+  config.data.crops_per_image = 4
+  config.data.augment = True
   config.model.preset = 'tiny'
   config.model.dtype = 'float32'
   config.total_steps = 300

@@ -30,7 +30,6 @@ This module imports and runs `train` and `infer` without TensorFlow (accelerator
 lack it); only the input benchmark loads it.
 """
 from collections.abc import Callable
-import math
 import os
 import sys
 import tempfile
@@ -44,6 +43,7 @@ import numpy as np
 from ipt_jax import cli
 from ipt_jax import errors
 from ipt_jax import inference
+from ipt_jax import optimizer
 from ipt_jax import parallel
 from ipt_jax import tasks as tasks_lib
 from ipt_jax import train
@@ -51,7 +51,8 @@ from ipt_jax.models import ipt
 
 _WHAT = flags.DEFINE_enum('what', 'train', ['train', 'infer', 'input'], 'Which benchmark to run.')
 _CONFIG = cli.config_flag()
-_PRESET = flags.DEFINE_enum('preset', 'paper', list(ipt.PRESETS), 'Model size.')
+_PRESET = flags.DEFINE_enum('preset', 'paper', list(ipt.PRESETS),
+                            "Model size; with --config and no --preset, the config's model.")
 _TASKS = cli.tasks_flag()
 _DTYPE = cli.dtype_flag()
 _ATTENTION = flags.DEFINE_enum('attention_impl', None, ['xla', 'cudnn'],
@@ -101,9 +102,8 @@ def forward_flops(model: ipt.IPT, task: int) -> int:
   ffn = 2 * 2 * tokens * dim * mlp
   body = projection + model.num_layers * (attention + ffn) + model.num_layers * (
       2 * attention + ffn) + ffn  # linear_encoding, encoder, decoder, mlp_head.
-  factors = [3] if scale == 3 else [2] * int(math.log2(scale))
   tail, size = 0, p
-  for r in factors:
+  for r in ipt.upsampler_factors(scale):
     tail += conv(size, 3, n, n * r * r)
     size *= r
   tail += conv(size, 3, n, 3)
@@ -121,10 +121,19 @@ def _peak_memory_gib(device) -> float | None:
   return stats['peak_bytes_in_use'] / 2**30 if stats else None
 
 
+def _config_model() -> bool:
+  """Whether the model is the --config's (no --preset given) rather than a preset."""
+  return _CONFIG.value is not None and not flags.FLAGS['preset'].present
+
+
 def _model() -> ipt.IPT:
-  return ipt.create(_PRESET.value, tasks=(_task(),), dtype=_DTYPE.value,
-                    attention_impl=_ATTENTION.value, remat=_layer_option(_REMAT, 'remat'),
-                    scan_layers=_layer_option(_SCAN, 'scan_layers'))
+  fields = {'preset': _PRESET.value}
+  if _config_model():
+    fields = dict(_CONFIG.value.model)  # E.g. small_data's one-layer small model.
+  fields.update(tasks=(_task(),), dtype=_DTYPE.value, attention_impl=_ATTENTION.value,
+                remat=_layer_option(_REMAT, 'remat'),
+                scan_layers=_layer_option(_SCAN, 'scan_layers'))
+  return ipt.create(**fields)
 
 
 def _layer_option(flag: flags.FlagHolder, field: str) -> bool:
@@ -157,7 +166,8 @@ def _report(what: str, *, seconds: float, images: int, flops: float, compile_s: 
   memory = _peak_memory_gib(device)
   layers = ', '.join(name for name, on in (('remat', _layer_option(_REMAT, 'remat')), (
       'scan_layers', _layer_option(_SCAN, 'scan_layers'))) if on)
-  print(f'{what} on {jax.device_count()} x {device.device_kind} ({_PRESET.value} model, '
+  model = "the config's" if _config_model() else f'{_PRESET.value}'
+  print(f'{what} on {jax.device_count()} x {device.device_kind} ({model} model, '
         f'{_task()}, {_DTYPE.value}, attention {_ATTENTION.value or "default"}'
         f'{", " + layers if layers else ""}):')
   print(f'  {images / seconds:,.1f} images/s, {seconds / _STEPS.value * 1e3:.1f} ms per {unit}')
@@ -174,8 +184,8 @@ def benchmark_train() -> None:
   model = _model()
   mesh = parallel.make_mesh(config.mesh.fsdp)
   parallel.check_batch_size(_BATCH.value, mesh)
-  schedule = train.learning_rate(config, train.total_steps(config))
-  tx = train.make_optimizer(config, model, schedule)
+  schedule = optimizer.learning_rate(config, optimizer.total_steps(config))
+  tx = optimizer.make(config, model, schedule)
   state = train.create_train_state(model, tx, mesh, config)
   step = train.make_train_steps(model, tx, schedule, config, mesh,
                                 jax.eval_shape(lambda s: s, state))[0]
@@ -317,21 +327,22 @@ def build_official_model(path: str, model: ipt.IPT):
 def benchmark_infer() -> None:
   model = _model()
   params = jax.jit(model.init_params)(jax.random.key(_SEED.value))
-  restorer = inference.Restorer(model, params, 0, **_INFERENCE.restorer_args())
+  image_model = inference.ImageModel(model, params, 0, **_INFERENCE.image_model_args())
   image = np.random.default_rng(_SEED.value).integers(
       0, 256, (_IMAGE_SIZE.value, _IMAGE_SIZE.value, 3)).astype(np.float32)
   start = time.perf_counter()
-  restorer(image)  # Compiles the tile function.
+  image_model(image)  # Compiles the tile function.
   compile_s = time.perf_counter() - start
   for _ in range(_WARMUP_STEPS.value):
-    restorer(image)
+    image_model(image)
   start = time.perf_counter()
   for _ in range(_STEPS.value):
-    restorer(image)
+    image_model(image)
   seconds = time.perf_counter() - start
-  tiles = restorer.num_tiles(_IMAGE_SIZE.value, _IMAGE_SIZE.value)
+  tiles = image_model.num_tiles(_IMAGE_SIZE.value, _IMAGE_SIZE.value)
   print(f'{tiles} tiles of {model.patch_size}x{model.patch_size} per {_IMAGE_SIZE.value}x'
-        f'{_IMAGE_SIZE.value} image ({restorer.mode} tiling, tile batch {restorer.tile_batch})')
+        f'{_IMAGE_SIZE.value} image ({image_model.mode} tiling, tile batch '
+        f'{image_model.tile_batch})')
   _report('whole-image inference', seconds=seconds, images=_STEPS.value,
           flops=forward_flops(model, 0) * tiles * _STEPS.value, compile_s=compile_s,
           unit='image')
@@ -401,6 +412,8 @@ def benchmark_input() -> None:
 
 def main(argv):
   cli.check_no_arguments(argv)
+  if _CONFIG.value is not None:  # Its CPU device count, before JAX starts.
+    parallel.initialize('off', _CONFIG.value.mesh.cpu_devices)
   if _COMPARE.value:
     if _WHAT.value != 'train':
       raise errors.FlagError('--compare_official goes with --what=train.')

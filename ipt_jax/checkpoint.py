@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from ipt_jax import errors
+from ipt_jax import files
 from ipt_jax import integrity
 from ipt_jax.models import ipt
 
@@ -25,7 +26,7 @@ PARAMS, MODEL = 'params', 'model'
 
 def save_params(directory, model: ipt.IPT, params):
   """Writes params and the model config to a new `directory` (atomically: orbax renames)."""
-  directory = epath.Path(directory)
+  directory = files.absolute(directory)
   if directory.exists():
     raise errors.InputError(f'{directory} already exists; choose a new output directory.')
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
@@ -44,27 +45,27 @@ def abstract_params(model: ipt.IPT, sharding: jax.sharding.Sharding | None = Non
 
 
 def is_params_dir(path) -> bool:
-  path = epath.Path(path)
+  path = files.absolute(path)
   return (path / PARAMS).is_dir() and (path / MODEL).is_dir()
 
 
 def step_dirs(root) -> list[epath.Path]:
   """Finished checkpoint step directories under `root`, newest first."""
-  root = epath.Path(root)
+  root = files.absolute(root)
   steps = [p for p in root.iterdir() if p.name.isdigit() and is_params_dir(p)]
   return sorted(steps, key=lambda p: int(p.name), reverse=True)
 
 
 def read_model(directory) -> ipt.IPT:
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-    config = checkpointer.restore(epath.Path(directory),
+    config = checkpointer.restore(files.absolute(directory),
                                   ocp.args.Composite(**{MODEL: ocp.args.JsonRestore()}))[MODEL]
   return ipt.create(**config)
 
 
-def restore_params(directory, model: ipt.IPT, sharding: jax.sharding.Sharding | None = None):
+def load_params(directory, model: ipt.IPT, sharding: jax.sharding.Sharding | None = None):
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-    restored = checkpointer.restore(epath.Path(directory), ocp.args.Composite(**{
+    restored = checkpointer.restore(files.absolute(directory), ocp.args.Composite(**{
         PARAMS: ocp.args.StandardRestore(abstract_params(model, sharding))}))
   return restored[PARAMS]
 
@@ -73,7 +74,7 @@ def find_params_dir(path) -> epath.Path:
   """The intact params directory that `path` names: itself, or the newest intact step of a
   training run (`path` a step, a `checkpoints` directory or a workdir; a damaged step is
   reported in one warning line and the one before it used)."""
-  path = epath.Path(path)
+  path = files.absolute(path)
   if not path.exists():
     raise errors.InputError(f'{path}: no such file or directory.')
   if is_params_dir(path):
@@ -112,7 +113,7 @@ class TrainCheckpoints:
   def __init__(self, directory, model: ipt.IPT, *, every: int, keep: int):
     self._model_config = ipt.to_config(model)
     self._manager = ocp.CheckpointManager(
-        epath.Path(directory),
+        files.absolute(directory),
         options=ocp.CheckpointManagerOptions(
             # Every `every` steps (and when forced: at the end, on pre-emption), no more.
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
@@ -208,8 +209,15 @@ class PreemptionWatcher:
 
   def __init__(self):
     self._signalled = False
+    self._previous_handler = None
     if jax.process_count() == 1:
-      signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def close(self):
+    """Puts back the SIGTERM handler that was there before the run."""
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
 
   def _on_sigterm(self, signum, frame):
     del signum, frame

@@ -48,8 +48,8 @@ class InferenceFlags:
   tile_batch: flags.FlagHolder
   self_ensemble: flags.FlagHolder
 
-  def restorer_args(self) -> dict:
-    """Keyword arguments of `inference.Restorer` besides model, params and task."""
+  def image_model_args(self) -> dict:
+    """Keyword arguments of `inference.ImageModel` besides model, params and task."""
     return dict(mode=self.tiling.value, overlap=self.overlap.value,
                 tile_batch=self.tile_batch.value, self_ensemble=self.self_ensemble.value)
 

@@ -8,7 +8,7 @@
 The protocol (docs/ipt_reference.md): outputs are quantised (clamped to [0, 255], rounded); PSNR
 and SSIM are measured on Y of YCbCr, shaving `scale` px off every border for SR and nothing for
 denoising and deraining; whole images go through the model by `--tiling=official` (the official
-forward_chop; 'fast' for quicker, slightly different numbers). The inputs (`data.benchmarks`):
+forward_chop; 'fast' for quicker, slightly different numbers). The inputs (`data.testsets`):
   * SR (EDSR layout): HR cropped to a multiple of the scale. `--lr=files` (the default) reads
     LR_bicubic/X<s>/<name>x<s>.png where present, as the official loader, and makes the others
     with MATLAB-bicubic of HR rounded to uint8; `--lr=generated` always makes them so. The
@@ -50,8 +50,8 @@ from ipt_jax import metrics
 from ipt_jax import progress
 from ipt_jax import tasks as tasks_lib
 from ipt_jax import weights
-from ipt_jax.data import benchmarks
 from ipt_jax.data import degrade
+from ipt_jax.data import testsets
 
 MODELS = ('ipt', 'bicubic', 'input')
 LR_SOURCES = ('files', 'generated')
@@ -86,7 +86,7 @@ class Options:
   """What to evaluate and how; the command-line flags of the same names."""
   tasks: tuple[str, ...]
   data_dir: str
-  sets: tuple[str, ...] | None = None  # None: benchmarks.DEFAULT_SETS of each task's kind.
+  sets: tuple[str, ...] | None = None  # None: testsets.DEFAULT_SETS of each task's kind.
   model: str = 'ipt'
   checkpoint: str | None = None
   checkpoint_tasks: tuple[str, ...] | None = None  # Head names of a PyTorch checkpoint.
@@ -106,7 +106,7 @@ class Options:
     return pathlib.Path(self.output_dir) if self.output_dir else default_output_dir(self)
 
   def sets_for(self, task: tasks_lib.Task) -> tuple[str, ...]:
-    return self.sets or benchmarks.DEFAULT_SETS[task.kind]
+    return self.sets or testsets.DEFAULT_SETS[task.kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +193,7 @@ def check_set_folder(data_dir, set_name: str, task: tasks_lib.Task):
                             f'set {set_name}); {task.name} expects {_LAYOUTS[task.kind]}.')
 
 
-def evaluate_set(method: Method, entries: Sequence[benchmarks.Entry], task: tasks_lib.Task,
+def evaluate_set(method: Method, entries: Sequence[testsets.Entry], task: tasks_lib.Task,
                  set_name: str, *, image_dir: pathlib.Path | None = None) -> SetScore:
   """Scores `method` on one set's images with the official protocol (quantised output, Y).
 
@@ -230,7 +230,7 @@ def progress_line(score: SetScore, total: int, seconds: float) -> str:
           f'{f" ({len(score.skipped)} skipped)" if score.skipped else ""}')
 
 
-def _score(method: Method, pair: benchmarks.Pair, shave: int,
+def _score(method: Method, pair: testsets.Pair, shave: int,
            image_dir: pathlib.Path | None) -> ImageScore:
   start = time.perf_counter()
   output = metrics.quantise(method(pair.lq))
@@ -251,13 +251,13 @@ def methods(options: Options, tasks: Sequence[tasks_lib.Task]) -> tuple[list[Met
                                num_heads=options.num_heads, dtype=options.dtype)
   progress.log('Loaded %s; compiling it for %s (before timing starts).', options.checkpoint,
                ', '.join(t.name for t in tasks))
-  restorers = [inference.restorer(model, params, t.name, mode=options.tiling,
-                                  overlap=options.overlap, tile_batch=options.tile_batch,
-                                  self_ensemble=options.self_ensemble) for t in tasks]
-  for restorer in restorers:  # Compile now, so that the timings measure restoring alone.
-    restorer(np.zeros((restorer.patch, restorer.patch, 3), np.float32))
-  return restorers, {'model': 'ipt', 'checkpoint': options.checkpoint,
-                     'checkpoint_tasks': list(model.tasks), 'num_heads': model.num_heads}
+  image_models = [inference.image_model(model, params, t.name, mode=options.tiling,
+                                        overlap=options.overlap, tile_batch=options.tile_batch,
+                                        self_ensemble=options.self_ensemble) for t in tasks]
+  for image_model in image_models:  # Compile now, so that the timings measure restoring alone.
+    image_model(np.zeros((image_model.patch, image_model.patch, 3), np.float32))
+  return image_models, {'model': 'ipt', 'checkpoint': options.checkpoint,
+                        'checkpoint_tasks': list(model.tasks), 'num_heads': model.num_heads}
 
 
 def evaluate(options: Options) -> tuple[list[SetScore], dict]:
@@ -267,8 +267,8 @@ def evaluate(options: Options) -> tuple[list[SetScore], dict]:
   scores = []
   for task, method in zip(tasks, task_methods):
     for set_name in options.sets_for(task):
-      entries = benchmarks.entries(options.data_dir, set_name, task,
-                                   generate_lr=options.lr == 'generated', seed=options.seed)
+      entries = testsets.entries(options.data_dir, set_name, task,
+                                 generate_lr=options.lr == 'generated', seed=options.seed)
       image_dir = None
       if options.save_images:
         image_dir = files.prepare_output_dir(options.resolved_output_dir / task.name / set_name)

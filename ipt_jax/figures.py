@@ -4,11 +4,14 @@
       --data_dir=path/to/benchmark --sets=Set5,Set14 --output=docs/sr_x2_crops.png
   python -m ipt_jax.figures --figure=curves --workdirs=runs/sr_x2,runs/denoise_30 \
       --output=docs/validation_curves.png
+  python -m ipt_jax.figures --figure=curves --x_axis=step \
+      --workdirs=runs/mini_finetune_sr_x2,runs/mini_scratch_sr_x2 --output=docs/transfer.png
 
 `crops`: for the first image of each set, a crop of the baseline (bicubic for SR, the noisy or
 rainy input otherwise) | the model | the ground truth, each captioned with its whole-image
 Y-PSNR under the official protocol (`ipt_jax.evaluate`, official tiling). `curves`: validation
-Y-PSNR of each run against its training time, from the TensorBoard events in its workdir.
+Y-PSNR of each run against its training time or step (`--x_axis`), a panel per task, from the
+TensorBoard events in its workdir.
 Needs matplotlib: pip install -e ".[notebook]".
 """
 import pathlib
@@ -23,7 +26,7 @@ from ipt_jax import inference
 from ipt_jax import metrics
 from ipt_jax import tasks as tasks_lib
 from ipt_jax import weights
-from ipt_jax.data import benchmarks
+from ipt_jax.data import testsets
 from ipt_jax.data import degrade
 
 CHECKPOINT = cli.checkpoint_flags()
@@ -32,6 +35,8 @@ FIGURE = flags.DEFINE_enum('figure', None, ['crops', 'curves'], 'Which figure to
 DATA_DIR, SETS = cli.benchmark_set_flags()  # crops: the first image of each set is shown.
 CROP = flags.DEFINE_integer('crop', 96, 'crops: side of the shown crop, in output pixels.')
 WORKDIRS = flags.DEFINE_list('workdirs', None, 'curves: training workdirs, one curve each.')
+X_AXIS = flags.DEFINE_enum('x_axis', 'minutes', ['minutes', 'step'],
+                           'curves: training time or training step on the horizontal axis.')
 OUTPUT = cli.output_flag()
 
 
@@ -55,15 +60,15 @@ def crops_figure(output, checkpoint, task_name: str, data_dir, sets, side: int, 
   pyplot = _pyplot()
   task = tasks_lib.get(task_name)
   model, params = weights.load(checkpoint, **load_args)
-  restorer = inference.restorer(model, params, task_name)
+  image_model = inference.image_model(model, params, task_name)
   shave = metrics.border_shave(task)
-  sets = sets or benchmarks.DEFAULT_SETS[task.kind]
+  sets = sets or testsets.DEFAULT_SETS[task.kind]
   fig, axes = pyplot.subplots(len(sets), 3, figsize=(9, 3.2 * len(sets)), squeeze=False)
   for row, set_name in zip(axes, sets):
-    pair = benchmarks.entries(data_dir, set_name, task)[0].read()
+    pair = testsets.entries(data_dir, set_name, task)[0].read()
     panels = [('bicubic' if task.kind == 'sr' else 'input',
                degrade.baseline(pair.lq, task.scale)),
-              ('IPT', restorer(pair.lq))]
+              ('IPT', image_model(pair.lq))]
     for ax, (label, image) in zip(row, panels + [('ground truth', pair.hq)]):
       image = metrics.quantise(image)
       caption = f'{set_name} {pair.name}: {label}'
@@ -77,8 +82,9 @@ def crops_figure(output, checkpoint, task_name: str, data_dir, sets, side: int, 
   _save(fig, output)
 
 
-def validation_curves(workdir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{tag: (minutes since the run's first event, value)} of the val/ scalars of a workdir."""
+def validation_curves(workdir) -> dict[str, dict[str, np.ndarray]]:
+  """{tag: {'step', 'minutes' (since the run's first event), 'value'}} of the val/ scalars
+  of a workdir."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   points, start, scalars = {}, None, set()
   for path in sorted(pathlib.Path(workdir).glob('events.out.tfevents.*')):
@@ -89,27 +95,35 @@ def validation_curves(workdir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
           scalars.add(value.tag)
         if value.tag.startswith('val/') and value.tag in scalars:
           points.setdefault(value.tag, []).append(
-              (event.wall_time, float(tf.make_ndarray(value.tensor))))
+              (event.wall_time, event.step, float(tf.make_ndarray(value.tensor))))
   if not points:
     raise errors.InputError(f'{workdir}: no validation scalars in its TensorBoard events; is it '
                             'a training workdir that reached its first validation?')
   curves = {}
   for tag, series in points.items():
-    times, values = zip(*sorted(series))
-    curves[tag] = (np.array(times) - start) / 60, np.array(values)
+    times, steps, values = map(np.array, zip(*sorted(series)))
+    curves[tag] = {'step': steps, 'minutes': (times - start) / 60, 'value': values}
   return curves
 
 
-def curves_figure(output, workdirs):
+def curves_figure(output, workdirs, x_axis: str = 'minutes'):
+  """One panel per validated task, a curve per workdir that validated it, against `x_axis`
+  ('minutes' of training or 'step')."""
   pyplot = _pyplot()
-  fig, ax = pyplot.subplots(figsize=(7, 4.2))
-  for workdir in workdirs:
-    for tag, (minutes, values) in sorted(validation_curves(workdir).items()):
-      ax.plot(minutes, values, marker='o', label=f'{pathlib.Path(workdir).name}: {tag[4:]}')
-  ax.set_xlabel('training time (minutes, 2 CPU cores)')
-  ax.set_ylabel('validation Y-PSNR (dB)')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  runs = {workdir: validation_curves(workdir) for workdir in workdirs}
+  tags = sorted({tag for curves in runs.values() for tag in curves})
+  fig, axes = pyplot.subplots(1, len(tags), figsize=(6.5 * len(tags), 4.2), squeeze=False)
+  for ax, tag in zip(axes[0], tags):
+    for workdir, curves in runs.items():
+      if tag in curves:
+        ax.plot(curves[tag][x_axis], curves[tag]['value'], marker='o', markersize=3,
+                label=pathlib.Path(workdir).name)
+    ax.set_title(tag[4:])
+    ax.set_xlabel('training time (minutes, 2 CPU cores)' if x_axis == 'minutes' else
+                  'training step')
+    ax.set_ylabel('validation Y-PSNR (dB)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
   fig.tight_layout()
   _save(fig, output)
 
@@ -129,7 +143,7 @@ def main(argv):
   else:
     if not WORKDIRS.value:
       raise errors.FlagError('--figure=curves needs --workdirs.')
-    curves_figure(OUTPUT.value, WORKDIRS.value)
+    curves_figure(OUTPUT.value, WORKDIRS.value, X_AXIS.value)
   print(f'Wrote {OUTPUT.value}')
 
 

@@ -1,14 +1,23 @@
-"""Files written whole or not at all, into folders checked before any work."""
+"""Paths as users give them; files written whole or not at all, into folders checked first."""
 from collections.abc import Callable
 import os
 import pathlib
 
+from etils import epath
 from PIL import Image
 
 from ipt_jax import errors
 
 # Temporary files are `.<name>.<pid>.<_TMP>` beside their target until renamed.
 _TMP = 'ipt_jax-tmp'
+
+
+def absolute(path) -> epath.Path:
+  """`path` with `~` expanded and, when local, made absolute (orbax requires it); URLs such
+  as gs://bucket/dir are kept as they are."""
+  if '://' in os.fspath(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
 def write_atomically(path, write: Callable[[str], None]):

@@ -72,7 +72,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> train.TrainStat
 
 def main(argv):
   cli.check_no_arguments(argv)
-  parallel.initialize(CONFIG.value.distributed)
+  parallel.initialize(CONFIG.value.distributed, CONFIG.value.mesh.cpu_devices)
   finetune(CONFIG.value, WORKDIR.value)
 
 

@@ -1,7 +1,7 @@
 """Whole images through the fixed-size (48x48) IPT model, by overlapping tiles.
 
-  restorer = inference.Restorer(model, params, task, mode='official')
-  output = restorer(image)  # [H, W, 3] in [0, 255] -> [H*s, W*s, 3], unclipped
+  image_model = inference.ImageModel(model, params, task, mode='official')
+  output = image_model(image)  # [H, W, 3] in [0, 255] -> [H*s, W*s, 3], unclipped
 
 Two tilings:
   'official'  exactly the official release's `forward_chop` (tiles every patch/4 = 12 px, averages
@@ -200,8 +200,8 @@ def _inverse_dihedral(image: np.ndarray, index: int) -> np.ndarray:
   return image[:, ::-1] if index & 1 else image
 
 
-class Restorer:
-  """Restores whole images of any size with `model` (an `ipt.IPT`) for one task.
+class ImageModel:
+  """`model` (an `ipt.IPT`) applied to whole images of any size, in tiles, for one task.
 
   Args:
     model: the model; its dtype is the compute dtype.
@@ -288,9 +288,9 @@ class Restorer:
     return output
 
 
-def restorer(model, params, task_name: str, **options) -> Restorer:
-  """A Restorer for the model's task called `task_name` (an error lists the model's tasks)."""
-  return Restorer(model, params, tasks_lib.index(task_name, model.tasks), **options)
+def image_model(model, params, task_name: str, **options) -> ImageModel:
+  """An ImageModel for the model's task called `task_name` (an error lists the model's tasks)."""
+  return ImageModel(model, params, tasks_lib.index(task_name, model.tasks), **options)
 
 
 def _batches(items: Iterator, size: int) -> Iterator[list]:

@@ -9,6 +9,7 @@ command again resumes from the newest checkpoint in <workdir>/checkpoints.
 from absl import flags
 
 from ipt_jax import cli
+from ipt_jax import errors
 from ipt_jax import parallel
 from ipt_jax import train
 
@@ -18,7 +19,10 @@ WORKDIR = cli.workdir_flag()
 
 def main(argv):
   cli.check_no_arguments(argv)
-  parallel.initialize(CONFIG.value.distributed)
+  if CONFIG.value.get('checkpoint'):  # A fine-tuning config run here trains from scratch.
+    raise errors.FlagError('ipt_jax.main trains from random weights and would ignore '
+                           'config.checkpoint; start from it with python -m ipt_jax.finetune.')
+  parallel.initialize(CONFIG.value.distributed, CONFIG.value.mesh.cpu_devices)
   train.train_and_evaluate(CONFIG.value, WORKDIR.value)
 
 

@@ -19,8 +19,14 @@ BATCH_AXES = ('data', 'fsdp')
 _EXPLICIT_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 
-def initialize(mode: str = 'auto'):
-  """Starts `jax.distributed` when this run spans several processes.
+def initialize(mode: str = 'auto', cpu_devices: int = 0):
+  """Before JAX starts: splits the CPU into `cpu_devices` devices, and starts `jax.distributed`
+  when this run spans several processes.
+
+  cpu_devices (0: JAX's default, one device): XLA:CPU leaves its threads idle for much of a
+  train step on one device; with a device per core and the batch split over them by the
+  data-parallel mesh, every core runs every op (BENCHMARKS.md). Accelerators are unaffected;
+  XLA_FLAGS=--xla_force_host_platform_device_count wins over it.
 
   mode 'on': always (multi-host Cloud TPU slices: JAX reads the topology from the TPU VM).
   mode 'auto': when the environment shows several processes: explicit
@@ -31,6 +37,11 @@ def initialize(mode: str = 'auto'):
   if mode not in ('auto', 'on', 'off'):
     raise errors.InputError(f"distributed must be 'auto', 'on' or 'off', got {mode!r}.")
   explicit = {name: os.environ.get(name) for name in _EXPLICIT_ENV}
+  if cpu_devices and 'host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+    try:
+      jax.config.update('jax_num_cpu_devices', cpu_devices)
+    except RuntimeError:  # JAX already started in this process (a caller's own use of it).
+      logging.warning('JAX had started: mesh.cpu_devices=%d is not applied.', cpu_devices)
   if mode == 'off':
     return
   if explicit['JAX_COORDINATOR_ADDRESS']:

@@ -72,7 +72,7 @@ def next_commands(workdir: str, tasks: tuple[str, ...]) -> list[str]:
   name = posixpath.basename(workdir.rstrip('/')) or 'ipt'
   commands = [
       f'python -m ipt_jax.evaluate {checkpoint} --tasks={",".join(tasks)} '
-      '--data_dir=path/to/benchmark  # Set5, Set14, ... (README "Evaluation")',
+      '--data_dir=path/to/benchmark  # Set5, Set14, ... (docs/evaluation.md)',
       f'python -m ipt_jax.restore {checkpoint} --tasks={tasks[0]} --output_dir=restored '
       'photo.jpg',
       f'python -m ipt_jax.convert {checkpoint} --output={shlex.quote(name + ".safetensors")}',

@@ -44,6 +44,7 @@ from ipt_jax import cli
 from ipt_jax import errors
 from ipt_jax import files
 from ipt_jax import inference
+from ipt_jax import metrics
 from ipt_jax import weights
 
 CHECKPOINT = cli.checkpoint_flags()
@@ -119,20 +120,20 @@ def _split_channels(image: Image.Image) -> Picture:
                  icc)
 
 
-def restore_picture(picture: Picture, restorer: inference.Restorer) -> Image.Image:
+def restore_picture(picture: Picture, image_model: inference.ImageModel) -> Image.Image:
   """The restored image, quantised to the picture's bit depth, channels and alpha."""
-  output = restorer(picture.rgb)
+  output = image_model(picture.rgb)
   np.clip(output, 0, 255, out=output)  # In place: the output may be large.
   if picture.gray:
     output = output @ _LUMA
   if picture.bits == 16:
     pixels = np.round(output * (65535 / 255)).astype(np.uint16)
   else:
-    pixels = np.round(output).astype(np.uint8)
+    pixels = metrics.quantise(output).astype(np.uint8)
   image = Image.fromarray(pixels)
   if picture.alpha is not None:
     alpha = Image.fromarray(picture.alpha)
-    if restorer.scale != 1:
+    if image_model.scale != 1:
       alpha = alpha.resize(image.size, Image.Resampling.BICUBIC)
     image.putalpha(alpha)
   if picture.icc_profile:
@@ -144,7 +145,7 @@ def output_path(image_path, output_dir, suffix: str) -> pathlib.Path:
   return pathlib.Path(output_dir) / f'{pathlib.Path(image_path).stem}{suffix}.png'
 
 
-def restore_files(image_paths: Sequence[str], restorer: inference.Restorer, output_dir,
+def restore_files(image_paths: Sequence[str], image_model: inference.ImageModel, output_dir,
                   suffix: str) -> list[str]:
   """Restores each image into `output_dir`; returns the paths that failed (each reported).
 
@@ -167,7 +168,7 @@ def restore_files(image_paths: Sequence[str], restorer: inference.Restorer, outp
         raise errors.InputError(f'its output {target} is the output of an earlier image with the '
                                 'same name; restore them into separate folders')
       picture = read_picture(path)
-      restored = restore_picture(picture, restorer)
+      restored = restore_picture(picture, image_model)
       files.write_png(target, restored)
       taken.add(resolved)  # Only a written output: a failed image leaves its name free.
     except _FILE_ERRORS as e:
@@ -198,9 +199,9 @@ def main(argv):
                                dtype=INFERENCE.dtype.value)
   failed = set()
   for task in TASKS.value:
-    restorer = inference.restorer(model, params, task, **INFERENCE.restorer_args())
+    image_model = inference.image_model(model, params, task, **INFERENCE.image_model_args())
     suffix = f'_{task}' if SUFFIX.value is None else SUFFIX.value
-    failed.update(restore_files(image_paths, restorer, OUTPUT_DIR.value, suffix))
+    failed.update(restore_files(image_paths, image_model, OUTPUT_DIR.value, suffix))
   if failed:
     raise errors.InputError(f'{len(failed)} of {len(image_paths)} images could not be restored '
                             f'(see above): {", ".join(sorted(failed))}')

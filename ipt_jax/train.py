@@ -1,9 +1,9 @@
 """Train state, train step and the training loop shared by pre-training and fine-tuning.
 
 One jitted step per task (the task is static): only that task's head, tail and query
-embedding take part, and only they and the shared body are updated, with Adam moments and
-bias corrections kept per task as in PyTorch, where parameters without a gradient are
-skipped. Non-finite steps are skipped and counted; too many in a row stop the run.
+embedding take part, with the shared body; the optimiser (`optimizer.make`) is the official
+single Adam over all parameters unless the config asks for moments per task. Non-finite steps
+are skipped and counted; too many in a row stop the run.
 """
 from collections.abc import Callable
 import functools
@@ -23,15 +23,13 @@ from ipt_jax import checkpoint
 from ipt_jax import errors
 from ipt_jax import losses
 from ipt_jax import metrics as metrics_lib
+from ipt_jax import optimizer
 from ipt_jax import parallel
 from ipt_jax import progress
 from ipt_jax import quiet
 from ipt_jax import tasks as tasks_lib
 from ipt_jax.data import degrade
 from ipt_jax.models import ipt
-
-SHARED = 'shared'  # Optimiser group of the parameters every task trains.
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -50,7 +48,7 @@ def check_config(config: ml_collections.ConfigDict):
   for name in ('source', 'val_source'):
     if not config.data[name]:
       raise errors.InputError(f'config.data.{name} is not set: name the images, e.g. '
-                              f'--config.data.{name}=folder:<path> (see README, Data).')
+                              f'--config.data.{name}=folder:<path> (see docs/data.md).')
   positive = {'data.batch_size': config.data.batch_size, 'log_every': config.log_every,
               'eval_every': config.eval_every, 'checkpoint_every': config.checkpoint_every,
               'keep_checkpoints': config.keep_checkpoints, 'eval.num_examples':
@@ -76,92 +74,6 @@ def check_config(config: ml_collections.ConfigDict):
     if not 0 <= config.optimizer[name] < 1:
       raise errors.InputError(f'config.optimizer.{name} is {config.optimizer[name]}; Adam\'s '
                               'decay rates lie in [0, 1).')
-
-
-def total_steps(config: ml_collections.ConfigDict) -> int:
-  """config.total_steps, or num_epochs over num_train_images at the global batch size."""
-  if config.get('total_steps'):
-    return config.total_steps
-  return int(np.ceil(config.num_epochs * config.num_train_images / config.data.batch_size))
-
-
-def learning_rate(config: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
-  """optimizer.schedule: 'step' (the official one: lr times decay_factor at each of
-  decay_epochs) or 'cosine' (lr annealed to end_lr over `steps`), after an optional warm-up."""
-  opt = config.optimizer
-  if opt.schedule == 'step':
-    steps_per_epoch = config.num_train_images / config.data.batch_size
-    # Scaled from the first step of each epoch named.
-    decay = optax.piecewise_constant_schedule(opt.lr, {
-        round(epoch * steps_per_epoch) - opt.warmup_steps: opt.decay_factor
-        for epoch in opt.decay_epochs})
-  elif opt.schedule == 'cosine':
-    decay = optax.cosine_decay_schedule(opt.lr, max(steps - opt.warmup_steps, 1),
-                                        alpha=opt.end_lr / opt.lr)
-  else:
-    raise errors.InputError(f"optimizer.schedule={opt.schedule!r}: use 'step' (official) or "
-                            "'cosine'.")
-  if not opt.warmup_steps:
-    return decay
-  warmup = optax.linear_schedule(0., opt.lr, opt.warmup_steps)
-  return optax.join_schedules([warmup, decay], [opt.warmup_steps])
-
-
-def param_groups(params, model_tasks) -> Any:
-  """The optimiser group of every parameter: its task's name, or SHARED."""
-  def group(path, _):
-    names = [getattr(k, 'key', str(k)) for k in path]
-    return ipt.task_of_param(names, model_tasks) or SHARED
-  return jax.tree_util.tree_map_with_path(group, params)
-
-
-def _only_when_active(inner: optax.GradientTransformation, group: str):
-  """Runs `inner` for the shared group and the step's task; leaves other tasks untouched."""
-  def update(updates, state, params=None, *, active_task: str, **unused):
-    if group in (SHARED, active_task):
-      return inner.update(updates, state, params)
-    return jax.tree.map(jnp.zeros_like, updates), state
-  return optax.GradientTransformationExtraArgs(inner.init, update)
-
-
-def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
-  """Scales each gradient tensor to L2 norm at most `max_norm` on its own (MindSpore's
-  ClipByNorm per parameter, as the official IPT training)."""
-  def clip(g):
-    norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
-    return (g * jnp.minimum(1., max_norm / jnp.maximum(norm, 1e-12))).astype(g.dtype)
-  return optax.stateless_with_tree_map(lambda g, _: clip(g))
-
-
-def _clipping(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  if not opt.grad_clip:
-    return optax.identity()
-  if opt.clip == 'per_tensor':
-    return clip_by_tensor_norm(opt.grad_clip)
-  if opt.clip == 'global':
-    return optax.clip_by_global_norm(opt.grad_clip)
-  raise errors.InputError(f"optimizer.clip={opt.clip!r}: use 'per_tensor' (official) or "
-                          "'global'.")
-
-
-def make_optimizer(config: ml_collections.ConfigDict, model: ipt.IPT,
-                   schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
-  """Gradient clipping, Adam and the schedule, skipping non-finite steps.
-
-  One Adam over all parameters (official: inactive tasks' heads and tails move on their
-  momentum), or with optimizer.per_task_state one Adam per task group, inactive tasks frozen.
-  `update` takes the step's task name as the extra argument `active_task`.
-  """
-  opt = config.optimizer
-  adam = lambda: optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)
-  if opt.per_task_state:
-    groups = {g: _only_when_active(adam(), g) for g in (SHARED, *model.tasks)}
-    adam_tx = optax.partition(groups, functools.partial(param_groups, model_tasks=model.tasks))
-  else:
-    adam_tx = adam()
-  tx = optax.chain(_clipping(opt), adam_tx, optax.scale_by_learning_rate(schedule))
-  # Never apply a non-finite update: the loop stops after config.max_nonfinite_steps.
-  return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
 
 def create_train_state(model: ipt.IPT, tx: optax.GradientTransformation, mesh,
@@ -306,9 +218,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f'{model.patch_size} inputs; set --config.data.patch_size={model.patch_size}.')
   mesh = parallel.make_mesh(config.mesh.fsdp)
   parallel.check_batch_size(config.data.batch_size, mesh)
-  steps = total_steps(config)
-  schedule = learning_rate(config, steps)
-  tx = make_optimizer(config, model, schedule)
+  steps = optimizer.total_steps(config)
+  schedule = optimizer.learning_rate(config, steps)
+  tx = optimizer.make(config, model, schedule)
   state = create_train_state(model, tx, mesh, config, params=init_params)
   abstract_state = jax.eval_shape(lambda s: s, state)
   # Held-out data first: a bad val_source fails before anything is read or written.
@@ -395,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         break
     _check_finite(nonfinite_in_a_row, step, config.max_nonfinite_steps)
   finally:
+    preemption.close()
     checkpoints.close()
     writer.flush()
     bar.close()

@@ -38,7 +38,7 @@ def load(path, *, checkpoint_tasks: Sequence[str] | None = None, num_heads: int 
   if checkpoint_tasks is not None:
     _check_saved(directory, model, 'tasks', tuple(checkpoint_tasks))
   model = ipt.create(**{**ipt.to_config(model), **model_overrides})
-  params = checkpoint.restore_params(directory, model, sharding)
+  params = checkpoint.load_params(directory, model, sharding)
   integrity.check_finite(params, directory)
   return model, params
 

@@ -20,6 +20,7 @@ from ipt_jax import checkpoint
 from ipt_jax import errors
 from ipt_jax import integrity
 from ipt_jax import torch_layout
+from ipt_jax import optimizer
 from ipt_jax import train
 from ipt_jax import weights
 from ipt_jax.models import ipt
@@ -135,7 +136,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 def saved_steps(tmp_path, model, steps=(1, 2)):
   """A checkpoints directory with the given steps of `model`'s state."""
   config = train_config()
-  tx = train.make_optimizer(config, model, lambda _: 1e-3)
+  tx = optimizer.make(config, model, lambda _: 1e-3)
   state = train.create_train_state(model, tx, jax.sharding.Mesh(
       np.array(jax.devices()[:1]).reshape(1, 1), ('data', 'fsdp')), config)
   manager = checkpoint.TrainCheckpoints(tmp_path / 'checkpoints', model, every=1, keep=5)

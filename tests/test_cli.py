@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-COMMANDS = ('main', 'finetune', 'evaluate', 'restore', 'convert', 'benchmark', 'figures')
+COMMANDS = ('main', 'finetune', 'evaluate', 'restore', 'convert', 'benchmark', 'figures',
+            'pack_imagenet')
 # Flags of ipt_jax.cli: each must be the same everywhere it is taken.
 SHARED = ('checkpoint', 'checkpoint_tasks', 'num_heads', 'tasks', 'dtype', 'tiling', 'overlap',
           'tile_batch', 'self_ensemble', 'output_dir', 'output', 'seed', 'config', 'workdir',

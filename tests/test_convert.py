@@ -193,6 +193,20 @@ def test_file_and_directory_round_trips_are_lossless(one_task, tmp_path):
     convert.convert(pt, tmp_path / 'dir2', checkpoint_tasks=('sr_x4',), num_heads=2)
 
 
+def test_relative_and_home_paths_work(one_task, tmp_path, monkeypatch):
+  """Orbax wants absolute paths: a user's relative or ~ path is resolved first."""
+  model, params, sd = one_task
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  torch_layout.write_state_dict(sd, 'model.pt')
+  convert.convert('model.pt', 'relative', checkpoint_tasks=('sr_x4',), num_heads=2)
+  convert.convert('relative', '~/at_home')
+  for path in ('relative', '~/at_home', str(tmp_path / 'home' / 'at_home')):
+    loaded_model, loaded = weights.load(path)
+    assert loaded_model == model
+    _assert_same_params(loaded, params)
+
+
 def test_failed_conversion_writes_nothing(one_task, tmp_path):
   _, _, sd = one_task
   sd = {k: v for k, v in sd.items() if not k.startswith('tail.')}

@@ -16,7 +16,7 @@ from ipt_jax import evaluate
 from ipt_jax import inference
 from ipt_jax import metrics
 from ipt_jax import weights
-from ipt_jax.data import benchmarks
+from ipt_jax.data import testsets
 
 TINY_PT = ('fixtures', 'official_ipt_tiny', 'state_dict.pt')
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_cli_prints_the_table_and_writes_json_and_images(data_dir, tmp_path):
   names = [i['name'] for i in set5['per_image']]
   assert sorted(os.listdir(out)) == ['results.json', 'sr_x3']
   assert sorted(os.listdir(out / 'sr_x3' / 'Set5')) == [f'{n}.png' for n in names]
-  for pair in benchmarks.load(data_dir, 'Set5', 'sr_x3'):
+  for pair in testsets.load(data_dir, 'Set5', 'sr_x3'):
     with Image.open(out / 'sr_x3' / 'Set5' / f'{pair.name}.png') as image:
       assert image.mode == 'RGB' and np.asarray(image).shape == pair.hq.shape
 
@@ -119,10 +119,10 @@ def test_deraining_measures_the_whole_image(tiny_pt, tmp_path):
   write_images(tmp_path / 'data' / 'Rain100L', ['norain-001'], seed=2)
   options = tiny_options(tiny_pt, tmp_path, tasks=('derain',), data_dir=str(tmp_path / 'data'))
   [scores], _ = evaluate.evaluate(options)  # The default set for deraining: Rain100L.
-  [pair] = benchmarks.load(tmp_path / 'data', 'Rain100L', 'derain')
-  restorer = inference.restorer(*weights.load(tiny_pt, num_heads=2), 'derain',
+  [pair] = testsets.load(tmp_path / 'data', 'Rain100L', 'derain')
+  image_model = inference.image_model(*weights.load(tiny_pt, num_heads=2), 'derain',
                                    mode='fast', tile_batch=16)
-  output = metrics.quantise(restorer(pair.lq))
+  output = metrics.quantise(image_model(pair.lq))
   assert scores.images[0].psnr == pytest.approx(metrics.psnr_y(output, pair.hq, shave=0))
 
 
@@ -167,7 +167,7 @@ def test_the_input_baseline_scores_the_noisy_image(data_dir, tmp_path):
       output_dir=str(tmp_path / 'eval')))
   (score,) = scores
   for image in score.images:  # The PSNR of clip(clean + 30 N(0, 1)) against the clean image.
-    pair = next(p for p in benchmarks.load(str(tmp_path / 'data'), 'Mini', 'denoise_30')
+    pair = next(p for p in testsets.load(str(tmp_path / 'data'), 'Mini', 'denoise_30')
                 if p.name == image.name)
     assert image.psnr == pytest.approx(float(metrics.psnr_y(metrics.quantise(pair.lq), pair.hq,
                                                             0)), abs=1e-6)

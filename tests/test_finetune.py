@@ -9,7 +9,6 @@ from PIL import Image
 
 from configs import finetune as finetune_config
 from configs import quickstart
-from configs import pretrain
 from ipt_jax import errors
 from ipt_jax import evaluate
 from ipt_jax import finetune
@@ -84,8 +83,8 @@ def test_from_the_official_pt_runs_resumes_evaluates_and_restores(tmp_path, capl
   photo = tmp_path / 'photo.png'
   Image.fromarray(np.full((30, 50, 3), 120, np.uint8)).save(photo)
   model, params = weights.load(str(workdir))
-  restorer = inference.restorer(model, params, 'sr_x2', mode='fast')
-  assert restore.restore_files([str(photo)], restorer, tmp_path / 'out', '_x2') == []
+  image_model = inference.image_model(model, params, 'sr_x2', mode='fast')
+  assert restore.restore_files([str(photo)], image_model, tmp_path / 'out', '_x2') == []
   assert Image.open(tmp_path / 'out' / 'photo_x2.png').size == (100, 60)
 
 

@@ -61,16 +61,16 @@ def tiny():
 
 @pytest.fixture(scope='module')
 def official(tiny):
-  """Official-mode restorers of the tiny model per task, shared so each compiles once."""
+  """Official-mode image models of the tiny model per task, shared so each compiles once."""
   model, params = tiny
-  return {t: inference.Restorer(model, params, t, tile_batch=8) for t in CHOP_TASKS}
+  return {t: inference.ImageModel(model, params, t, tile_batch=8) for t in CHOP_TASKS}
 
 
-def _chop_errors(restorers, chop):
+def _chop_errors(image_models, chop):
   for t in CHOP_TASKS:
     for name in 'ab':
       image = chop[f'input_{name}'][0].transpose(1, 2, 0)  # The fixture is NCHW.
-      out = restorers[t](image)
+      out = image_models[t](image)
       expected = chop[f'chop_{name}_task{t}'][0].transpose(1, 2, 0)
       assert out.shape == expected.shape, (t, name, out.shape)
       yield t, name, out, np.abs(out - expected)
@@ -87,8 +87,8 @@ def test_official_mode_is_exactly_forward_chop_in_float64(chop):
   with jax.enable_x64(True):
     model, params = torch_layout.from_torch(shared_path(*TINY, 'state_dict.pt'), num_heads=2,
                                        dtype=jnp.float64, param_dtype=jnp.float64)
-    restorers = {t: inference.Restorer(model, params, t, tile_batch=8) for t in CHOP_TASKS}
-    for t, name, out, err in _chop_errors(restorers, chop):
+    image_models = {t: inference.ImageModel(model, params, t, tile_batch=8) for t in CHOP_TASKS}
+    for t, name, out, err in _chop_errors(image_models, chop):
       # Any pixel from the wrong tiles, or averaged over the wrong set, would be off by >> 1e-9.
       assert out.dtype == np.float64
       assert err.max() < 1e-9, (t, name, err.max())
@@ -98,10 +98,10 @@ def test_official_mode_is_exactly_forward_chop_in_float64(chop):
 @pytest.mark.parametrize('scale', [1, 2, 3, 4])
 def test_every_pixel_is_covered_and_weights_are_normalised(mode, scale):
   model = NearestStub(scale)
-  restorer = inference.Restorer(model, {}, 0, mode=mode, tile_batch=16)
+  image_model = inference.ImageModel(model, {}, 0, mode=mode, tile_batch=16)
   for height, width in [(48, 48), (49, 131), (70, 61), (96, 97), (107, 60)]:
     image = random_image(height, width)
-    out = restorer(image)
+    out = image_model(image)
     if mode == 'official':  # 0/1 weights over 1, 2 or 4 tiles: exact.
       np.testing.assert_array_equal(out, nearest(image, scale), err_msg=f'{height}x{width}')
     else:
@@ -112,13 +112,13 @@ def test_every_pixel_is_covered_and_weights_are_normalised(mode, scale):
 @pytest.mark.parametrize('height,width', [(1, 1), (1, 5), (10, 10), (2, 47), (47, 130), (60, 3)])
 def test_images_smaller_than_a_tile_are_padded_and_cropped_back(mode, height, width):
   image = random_image(height, width)
-  out = inference.Restorer(NearestStub(2), {}, 0, mode=mode)(image)
+  out = inference.ImageModel(NearestStub(2), {}, 0, mode=mode)(image)
   np.testing.assert_allclose(out, nearest(image, 2), rtol=1e-6)
 
 
 def test_small_images_are_padded_by_reflection():
   image = random_image(10, 30)
-  out = inference.Restorer(TileMeanStub(1), {}, 0)(image)
+  out = inference.ImageModel(TileMeanStub(1), {}, 0)(image)
   padded = np.pad(image, ((0, 38), (0, 18), (0, 0)), mode='reflect')
   np.testing.assert_allclose(out, padded.mean(), rtol=1e-5)
 
@@ -126,10 +126,10 @@ def test_small_images_are_padded_by_reflection():
 @pytest.mark.parametrize('mode', inference.MODES)
 def test_small_and_odd_images_have_the_right_shape_with_the_real_model(tiny, official, mode):
   model, params = tiny
-  restorer = official[0] if mode == 'official' else inference.Restorer(
+  image_model = official[0] if mode == 'official' else inference.ImageModel(
       model, params, 0, mode=mode, tile_batch=8)
   for height, width in [(10, 10), (47, 130)]:
-    out = restorer(random_image(height, width))
+    out = image_model(random_image(height, width))
     assert out.shape == (2 * height, 2 * width, 3) and out.dtype == np.float32
     assert np.isfinite(out).all()
 
@@ -138,7 +138,7 @@ def test_fast_mode_on_one_tile_is_the_model_output(tiny):
   model, params = tiny
   image = random_image(48, 48)
   expected = jax.jit(lambda p, x: model.apply({'params': p}, x, task=0))(params, image[None])[0]
-  out = inference.Restorer(model, params, 0, mode='fast', tile_batch=1)(image)
+  out = inference.ImageModel(model, params, 0, mode='fast', tile_batch=1)(image)
   np.testing.assert_array_equal(out, np.asarray(expected))
 
 
@@ -151,7 +151,7 @@ class TileMeanStub(NearestStub):
 
 def test_fast_mode_cross_fades_overlaps():
   image = np.tile(np.linspace(0, 255, 180, dtype=np.float32)[None, :, None], (48, 1, 3))
-  row = inference.Restorer(TileMeanStub(1), {}, 0, mode='fast')(image)[0, :, 0]
+  row = inference.ImageModel(TileMeanStub(1), {}, 0, mode='fast')(image)[0, :, 0]
   starts = [0, 38, 76, 114, 132]  # 10 px overlaps; the last tile, at the border, overlaps 30.
   means = [image[0, s:s + 48, 0].mean() for s in starts]
   # Constant where a tile is alone, linear across each overlap.
@@ -183,17 +183,17 @@ def test_number_of_tiles_is_what_runs(monkeypatch, mode, self_ensemble):
   apply_tiles = inference._apply_tiles
   monkeypatch.setattr(inference, '_apply_tiles',
                       lambda *args, **kwargs: calls.append(1) or apply_tiles(*args, **kwargs))
-  restorer = inference.Restorer(NearestStub(1), {}, 0, mode=mode, tile_batch=1,
+  image_model = inference.ImageModel(NearestStub(1), {}, 0, mode=mode, tile_batch=1,
                                 self_ensemble=self_ensemble)
-  restorer(random_image(70, 101))
-  assert len(calls) == restorer.num_tiles(70, 101)
+  image_model(random_image(70, 101))
+  assert len(calls) == image_model.num_tiles(70, 101)
 
 
 @pytest.mark.parametrize('mode', inference.MODES)
 def test_self_ensemble_of_an_equivariant_model_is_the_plain_result(mode):
   image = random_image(61, 50)
-  plain = inference.Restorer(NearestStub(3), {}, 0, mode=mode)(image)
-  ensemble = inference.Restorer(NearestStub(3), {}, 0, mode=mode, self_ensemble=True)(image)
+  plain = inference.ImageModel(NearestStub(3), {}, 0, mode=mode)(image)
+  ensemble = inference.ImageModel(NearestStub(3), {}, 0, mode=mode, self_ensemble=True)(image)
   np.testing.assert_allclose(ensemble, plain, rtol=1e-6)
 
 
@@ -211,7 +211,7 @@ def test_self_ensemble_is_the_mean_of_the_eight_transformed_runs(tiny, official)
         y = y.transpose(1, 0, 2) if transpose else y
         y = y[::-1] if flip_rows else y
         runs.append(y[:, ::-1] if flip_cols else y)
-  ensemble = inference.Restorer(model, params, 0, tile_batch=8, self_ensemble=True)(image)
+  ensemble = inference.ImageModel(model, params, 0, tile_batch=8, self_ensemble=True)(image)
   np.testing.assert_allclose(ensemble, np.mean(runs, axis=0), atol=1e-4)
   # Transforming matters for this model, so the check above is not vacuous.
   assert np.abs(runs[0] - runs[-1]).max() > 1e-2
@@ -220,18 +220,18 @@ def test_self_ensemble_is_the_mean_of_the_eight_transformed_runs(tiny, official)
 def test_one_compilation_for_all_image_sizes():
   model = NearestStub(2)
   for mode in inference.MODES:
-    restorer = inference.Restorer(model, {}, 0, mode=mode, tile_batch=4)
+    image_model = inference.ImageModel(model, {}, 0, mode=mode, tile_batch=4)
     for height, width in [(48, 48), (70, 61), (130, 97), (20, 300)]:
-      restorer(random_image(height, width))
+      image_model(random_image(height, width))
   assert model.traces == 1
 
 
 def test_integer_and_jax_inputs_give_the_same_result():
   image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-  restorer = inference.Restorer(NearestStub(2), {}, 0)
-  expected = restorer(image.astype(np.float32))
-  np.testing.assert_array_equal(restorer(image), expected)
-  np.testing.assert_array_equal(restorer(jnp.asarray(image)), expected)
+  image_model = inference.ImageModel(NearestStub(2), {}, 0)
+  expected = image_model(image.astype(np.float32))
+  np.testing.assert_array_equal(image_model(image), expected)
+  np.testing.assert_array_equal(image_model(jnp.asarray(image)), expected)
 
 
 @pytest.mark.parametrize('options,message', [
@@ -243,16 +243,16 @@ def test_integer_and_jax_inputs_give_the_same_result():
 ])
 def test_bad_options_are_refused(options, message):
   with pytest.raises(ValueError, match=message):
-    inference.Restorer(NearestStub(2), {}, 0, **options)
+    inference.ImageModel(NearestStub(2), {}, 0, **options)
 
 
 @pytest.mark.parametrize('shape', [(48, 48), (1, 48, 48, 3), (48, 48, 1), (48, 48, 4)])
 def test_bad_images_are_refused(shape):
   with pytest.raises(ValueError, match=r'Expected one RGB image of shape \[height, width, 3\], '
                                        rf'got shape {re.escape(str(shape))}'):
-    inference.Restorer(NearestStub(2), {}, 0)(np.zeros(shape, np.float32))
+    inference.ImageModel(NearestStub(2), {}, 0)(np.zeros(shape, np.float32))
 
 
 def test_empty_images_are_refused():
   with pytest.raises(ValueError, match='empty'):
-    inference.Restorer(NearestStub(2), {}, 0)(np.zeros((0, 5, 3), np.float32))
+    inference.ImageModel(NearestStub(2), {}, 0)(np.zeros((0, 5, 3), np.float32))

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import jax
@@ -15,7 +16,6 @@ import tensorflow as tf
 
 from ipt_jax import checkpoint
 from ipt_jax import convert
-from ipt_jax import losses
 from ipt_jax import weights
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -141,11 +141,32 @@ def test_two_processes_train_and_checkpoint(tmp_path):
   assert sorted(scalars(tmp_path, 'loss')) == [1, 2]
 
 
-def test_bad_config_is_one_line(tmp_path):
+@pytest.mark.parametrize('args,exit_code,message', [
+    (['--config=configs/quickstart.py', '--config.data.batch_size=3', '--config.mesh.fsdp=2'], 1,
+     'error: mesh.fsdp=2 must be a positive divisor of the 1 devices.'),
+    (['--config=configs/mini_finetune.py:sr_x2', '--config.checkpoint=runs/pretrained'], 2,
+     'error: ipt_jax.main trains from random weights and would ignore config.checkpoint; start '
+     'from it with python -m ipt_jax.finetune.'),
+])
+def test_bad_config_is_one_line(tmp_path, args, exit_code, message):
   result = subprocess.run(
-      [sys.executable, '-m', 'ipt_jax.main', '--config=configs/quickstart.py',
-       f'--workdir={tmp_path}', '--config.data.batch_size=3', '--config.mesh.fsdp=2'],
+      [sys.executable, '-m', 'ipt_jax.main', f'--workdir={tmp_path / "w"}', *args],
       cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1] == (
-      'error: mesh.fsdp=2 must be a positive divisor of the 1 devices.')
+  assert result.returncode == exit_code
+  assert result.stderr.strip().splitlines()[-1] == message
+  assert not (tmp_path / 'w').exists()
+
+
+def test_cpu_devices_split_the_cpu_before_jax_starts():
+  program = textwrap.dedent('''
+      import jax
+      from ipt_jax import parallel
+      parallel.initialize('off', cpu_devices=2)
+      print(jax.device_count())
+      parallel.initialize('off', cpu_devices=3)  # JAX has started: a warning, nothing else.
+      print(jax.device_count())
+  ''')
+  result = subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.stdout.split() == ['2', '2'], result.stderr[-2000:]
+  assert 'mesh.cpu_devices=3 is not applied' in result.stderr

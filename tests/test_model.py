@@ -167,7 +167,7 @@ def test_scan_layers_applies_dropout_by_its_key(tiny):
 def test_the_accelerator_side_imports_without_tensorflow():
   code = BLOCK_TENSORFLOW + '''
 for name in ('models.ipt', 'losses', 'metrics', 'inference', 'train', 'convert', 'parallel',
-             'checkpoint', 'benchmark', 'data.benchmarks'):
+             'checkpoint', 'benchmark', 'data.testsets'):
   __import__('ipt_jax.' + name)
 '''
   subprocess.run([sys.executable, '-c', code], check=True)

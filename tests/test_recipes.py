@@ -2,6 +2,7 @@
 regenerate from their workdirs."""
 import pathlib
 import re
+import signal
 
 import numpy as np
 from PIL import Image
@@ -37,9 +38,11 @@ def test_sr_x2_recipe_trains_and_checkpoints(sr_run):
   assert model.tasks == ('sr_x2',) and (model.n_feats, model.num_layers) == (32, 1)
 
 
-def test_denoise_30_recipe_trains(tmp_path):
+def test_denoise_30_recipe_trains_and_gives_back_the_sigterm_handler(tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
   state = train.train_and_evaluate(few_steps('denoise_30'), str(tmp_path))
   assert int(state.step) == 4
+  assert signal.getsignal(signal.SIGTERM) is before  # Installed for the run only.
 
 
 def test_the_training_images_are_a_required_override(tmp_path):
@@ -51,16 +54,18 @@ def test_the_training_images_are_a_required_override(tmp_path):
 def test_figures_regenerate_from_a_workdir(sr_run, tmp_path):
   pytest.importorskip('matplotlib')
   curves = figures.validation_curves(sr_run)
-  minutes, psnr = curves['val/psnr_sr_x2']
-  assert len(psnr) == 2 and minutes[1] > minutes[0]  # Validation at steps 2 and 4.
+  curve = curves['val/psnr_sr_x2']
+  assert list(curve['step']) == [2, 4] and curve['minutes'][1] > curve['minutes'][0]
+  assert len(curve['value']) == 2
   figures.curves_figure(tmp_path / 'curves.png', [str(sr_run)])
+  figures.curves_figure(tmp_path / 'steps.png', [str(sr_run)], x_axis='step')
   hr = tmp_path / 'data' / 'Set5' / 'HR'
   hr.mkdir(parents=True)
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 60, 3), np.uint8)).save(
       hr / 'a.png')
   figures.crops_figure(tmp_path / 'crops.png', str(sr_run), 'sr_x2', tmp_path / 'data', ['Set5'],
                        48)
-  for name in ('curves.png', 'crops.png'):
+  for name in ('curves.png', 'steps.png', 'crops.png'):
     with Image.open(tmp_path / name) as image:
       assert image.format == 'PNG' and image.width > 300
 

@@ -32,7 +32,7 @@ def tiny():
 
 @pytest.fixture(scope='module')
 def sr_x2(tiny):
-  return inference.restorer(*tiny, 'sr_x2', mode='fast', tile_batch=4)
+  return inference.image_model(*tiny, 'sr_x2', mode='fast', tile_batch=4)
 
 
 class IdentityStub:
@@ -68,8 +68,8 @@ def write_png16(path, pixels: np.ndarray):
                                  chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
 
 
-def restore_one(tmp_path, restorer, path, suffix='_out'):
-  assert restore.restore_files([str(path)], restorer, tmp_path / 'out', suffix) == []
+def restore_one(tmp_path, image_model, path, suffix='_out'):
+  assert restore.restore_files([str(path)], image_model, tmp_path / 'out', suffix) == []
   with Image.open(tmp_path / 'out' / f'{path.stem}{suffix}.png') as image:
     image.load()
     return image
@@ -153,8 +153,8 @@ def test_large_image_in_fixed_size_tile_batches(tmp_path):
   ramp = np.add.outer(np.arange(height) // 8, np.arange(width) // 12).astype(np.uint8)
   pixels = np.stack([ramp, ramp[::-1], 255 - ramp], axis=-1)
   Image.fromarray(pixels).save(tmp_path / 'large.png', compress_level=1)
-  restorer = inference.Restorer(IdentityStub(), {}, 0, mode='fast', tile_batch=32)
-  image = restore_one(tmp_path, restorer, tmp_path / 'large.png')
+  image_model = inference.ImageModel(IdentityStub(), {}, 0, mode='fast', tile_batch=32)
+  image = restore_one(tmp_path, image_model, tmp_path / 'large.png')
   assert image.size == (width, height) and image.mode == 'RGB'
   np.testing.assert_array_equal(np.asarray(image), pixels)
 
@@ -270,4 +270,4 @@ def test_cli_restores_the_good_images_and_exits_non_zero(tmp_path):
 
 def test_a_task_the_checkpoint_lacks_is_refused_with_its_tasks(tiny):
   with pytest.raises(ValueError, match="'sr_x8' is not one of this model's tasks: sr_x2, sr_x3"):
-    inference.restorer(*tiny, 'sr_x8')
+    inference.image_model(*tiny, 'sr_x8')

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import shared_path
 from ipt_jax import metrics
-from ipt_jax.data import benchmarks
+from ipt_jax.data import testsets
 from ipt_jax.data import degrade
 
 # Bicubic-baseline Y-PSNR (shave = scale) of the shared sets, LR made from HR
@@ -30,15 +30,15 @@ def _bicubic_psnr(pairs, scale: int) -> float:
 def test_bicubic_baseline_matches_reference(set_name):
   root = shared_path('data', 'benchmark')
   for scale, expected in BICUBIC_PSNR[set_name].items():
-    generated = benchmarks.load(root, set_name, f'sr_x{scale}', generate_lr=True)
+    generated = testsets.load(root, set_name, f'sr_x{scale}', generate_lr=True)
     assert abs(_bicubic_psnr(generated, scale) - expected) <= 0.01, (set_name, scale)
-    from_files = benchmarks.load(root, set_name, f'sr_x{scale}')
+    from_files = testsets.load(root, set_name, f'sr_x{scale}')
     assert abs(_bicubic_psnr(from_files, scale) - expected) <= 0.01, (set_name, scale)
 
 
 def test_sr_pairs_are_modcropped_rgb():
   root = shared_path('data', 'benchmark')
-  pairs = benchmarks.load(root, 'Set14', 'sr_x3')
+  pairs = testsets.load(root, 'Set14', 'sr_x3')
   assert len(pairs) == 14
   for pair in pairs:
     assert pair.hq.dtype == pair.lq.dtype == np.uint8
@@ -50,29 +50,29 @@ def test_sr_pairs_are_modcropped_rgb():
 
 def test_generated_lr_is_matlab_bicubic_of_hr():
   root = shared_path('data', 'benchmark')
-  pair = benchmarks.load(root, 'Set5', 'sr_x4', generate_lr=True)[0]
+  pair = testsets.load(root, 'Set5', 'sr_x4', generate_lr=True)[0]
   tf_lr = degrade.to_uint8(degrade.imresize(pair.hq, 1 / 4)).numpy()
   assert np.abs(tf_lr.astype(int) - pair.lq).max() <= 1  # float32 vs float64 rounding.
-  from_file = benchmarks.load(root, 'Set5', 'sr_x4')[0]
+  from_file = testsets.load(root, 'Set5', 'sr_x4')[0]
   assert np.abs(from_file.lq.astype(int) - pair.lq).mean() < 1.
 
 
 def test_denoise_inputs_are_seeded_and_not_rounded():
   root = shared_path('data', 'benchmark')
-  pairs = benchmarks.load(root, 'CBSD68', 'denoise_30')
+  pairs = testsets.load(root, 'CBSD68', 'denoise_30')
   assert len(pairs) == 68
-  again = benchmarks.load(root, 'CBSD68', 'denoise_30')
+  again = testsets.load(root, 'CBSD68', 'denoise_30')
   for pair, repeat in zip(pairs[:3], again[:3]):
     assert pair.lq.dtype == np.float32 and pair.hq.dtype == np.uint8
     np.testing.assert_array_equal(pair.lq, repeat.lq)
     assert (pair.lq != np.round(pair.lq)).mean() > 0.5  # Only clipped values are whole.
     assert pair.lq.min() >= 0 and pair.lq.max() <= 255
-    noise = np.random.default_rng(benchmarks.noise_seed(pair.name)).standard_normal(
+    noise = np.random.default_rng(testsets.noise_seed(pair.name)).standard_normal(
         pair.hq.shape)
     np.testing.assert_array_equal(pair.lq, np.clip(pair.hq + 30. * noise, 0, 255)
                                   .astype(np.float32))
     assert abs(noise.std() - 1) < 0.01
-  other_seed = benchmarks.load(root, 'CBSD68', 'denoise_30', seed=1)[0]
+  other_seed = testsets.load(root, 'CBSD68', 'denoise_30', seed=1)[0]
   assert not np.array_equal(other_seed.lq, pairs[0].lq)
 
 
@@ -87,25 +87,25 @@ def test_rain100l_pairs(tmp_path):
   for i, image in images.items():  # The official layout: rainy/rain-X.png, norain-X.png.
     _write_png(tmp_path / 'Rain100L' / 'rainy' / f'rain-{i:03d}.png', image)
     _write_png(tmp_path / 'Rain100L' / f'norain-{i:03d}.png', 255 - image)
-  pairs = benchmarks.load(tmp_path, 'Rain100L', 'derain')
+  pairs = testsets.load(tmp_path, 'Rain100L', 'derain')
   assert [p.name for p in pairs] == ['000', '001', '002']
   for pair, image in zip(pairs, images.values()):
     np.testing.assert_array_equal(pair.lq, image)
     np.testing.assert_array_equal(pair.hq, 255 - image)
   (tmp_path / 'Rain100L' / 'norain-001.png').unlink()
   with pytest.raises(ValueError, match='rain-001.png has no clean counterpart'):
-    benchmarks.load(tmp_path, 'Rain100L', 'derain')
+    testsets.load(tmp_path, 'Rain100L', 'derain')
 
 
 def test_missing_sets_have_clear_errors(tmp_path):
   with pytest.raises(ValueError, match='No HR images for benchmark set .Set5.'):
-    benchmarks.load(tmp_path, 'Set5', 'sr_x2')
+    testsets.load(tmp_path, 'Set5', 'sr_x2')
   with pytest.raises(ValueError, match='No rain-XXX.png files'):
-    benchmarks.load(tmp_path, 'Rain100L', 'derain')
+    testsets.load(tmp_path, 'Rain100L', 'derain')
 
 
 def test_benchmarks_import_without_tensorflow():
-  code = ('import sys, numpy as np, ipt_jax.data.benchmarks as b; '
+  code = ('import sys, numpy as np, ipt_jax.data.testsets as b; '
           'b.degrade.imresize_np(np.zeros((6, 6, 3)), 0.5); '
           'assert "tensorflow" not in sys.modules')
   subprocess.run([sys.executable, '-c', code], check=True,

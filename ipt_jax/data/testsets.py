@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ipt_jax import errors
+from ipt_jax import metrics
 from ipt_jax import tasks as tasks_lib
 from ipt_jax.data import degrade
 from ipt_jax.data import sources
@@ -97,7 +98,7 @@ def _sr_pair(folder: pathlib.Path, path: pathlib.Path, scale: int, generate_lr: 
           f'{lr_path} is {lr.shape[1]}x{lr.shape[0]}, but its HR image cropped to a multiple '
           f'of {scale} is {hr.shape[1]}x{hr.shape[0]}; remove the file or use generate_lr.')
   else:
-    lr = np.round(np.clip(degrade.imresize_np(hr, 1 / scale), 0, 255)).astype(np.uint8)
+    lr = metrics.quantise(degrade.imresize_np(hr, 1 / scale)).astype(np.uint8)
   return Pair(path.stem, lr, hr)
 
 
