@@ -17,7 +17,7 @@ from configs import pretrain
 # The small preset with one encoder and one decoder layer: in 5-minute trials it beat the
 # small preset (4 + 4 layers, 3x slower steps) and a narrower two-layer model (docs/training.md).
 MODEL = dict(preset='small', num_layers=1, dtype='float32')
-CPU_DEVICES = 2  # One per core: 20% faster steps than one device (BENCHMARKS.md).
+CPU_DEVICES = 2  # One per core: both cores run every op (6% faster steps, BENCHMARKS.md).
 
 
 def get_config(arg=None):
