@@ -1,8 +1,8 @@
 """What the command-line entry points share: one flag vocabulary and one way to fail.
 
 Every idea has one flag name, type and default across all commands; a command asks for the
-flags it takes at module level (`checkpoint_flags()`, ...), and they become its own flags
-in `--help`. The training commands take the same ideas as config fields with the same leaf
+flags it takes at module level (`checkpoint_flags()`, ...): they are defined once per process
+and become key flags (its `--help`) of every module that asks. The training commands take the same ideas as config fields with the same leaf
 names (`--checkpoint` / `config.checkpoint`, `--num_heads` / `config.model.num_heads`, ...).
 
 `run(main)` is absl's `app.run` that prints an `errors.InputError` as one line
@@ -14,6 +14,7 @@ from collections.abc import Callable
 import dataclasses
 import functools
 import sys
+from typing import TypeVar
 
 from absl import app
 from absl import flags
@@ -27,6 +28,25 @@ from ipt_jax import quiet
 flags.disclaim_key_flags()
 
 DTYPES = ('float32', 'bfloat16')
+T = TypeVar('T')
+
+
+def _shared(define: Callable[[], T]) -> Callable[[], T]:
+  """`define` runs once per process; every module that calls the result gets its flags as key
+  flags, so several commands imported into one process each list them."""
+  defined = functools.cache(define)
+
+  @functools.wraps(define)
+  def holders() -> T:
+    result = defined()
+    if dataclasses.is_dataclass(result):
+      listed = [getattr(result, field.name) for field in dataclasses.fields(result)]
+    else:
+      listed = result if isinstance(result, tuple) else [result]
+    for holder in listed:
+      flags.declare_key_flag(holder.name)
+    return result
+  return holders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +74,7 @@ class InferenceFlags:
                 tile_batch=self.tile_batch.value, self_ensemble=self.self_ensemble.value)
 
 
-@functools.cache
+@_shared
 def checkpoint_flags() -> CheckpointFlags:
   """--checkpoint, --checkpoint_tasks, --num_heads: the weights to load."""
   return CheckpointFlags(
@@ -70,14 +90,14 @@ def checkpoint_flags() -> CheckpointFlags:
           'shapes; default 12, the paper\'s).', lower_bound=1))
 
 
-@functools.cache
+@_shared
 def tasks_flag() -> flags.FlagHolder:
   """--tasks: the task(s) to run, by name."""
   return flags.DEFINE_list('tasks', None, 'Task(s) to run, comma-separated, e.g. sr_x2 or '
                            'sr_x2,sr_x3,sr_x4; each one of the model\'s tasks.')
 
 
-@functools.cache
+@_shared
 def inference_flags() -> InferenceFlags:
   """--dtype, --tiling, --overlap, --tile_batch, --self_ensemble: how whole images run."""
   return InferenceFlags(
@@ -93,13 +113,13 @@ def inference_flags() -> InferenceFlags:
       flags.DEFINE_bool('self_ensemble', False, 'Average the 8 flips / transposes (8x slower).'))
 
 
-@functools.cache
+@_shared
 def dtype_flag() -> flags.FlagHolder:
   return flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Compute dtype of the model '
                            '(parameters stay float32); bfloat16 for accelerators.')
 
 
-@functools.cache
+@_shared
 def benchmark_set_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
   """--data_dir, --sets: benchmark sets in the EDSR layout."""
   return (flags.DEFINE_string('data_dir', None, 'Folder holding the benchmark sets '
@@ -108,24 +128,24 @@ def benchmark_set_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
                             'for SR, CBSD68,Urban100 for denoising, Rain100L for deraining.'))
 
 
-@functools.cache
+@_shared
 def output_flag() -> flags.FlagHolder:
   return flags.DEFINE_string('output', None, 'The file to write (convert: a .pt / .pth / '
                              '.safetensors name in the official layout, or a new directory name '
                              'for Flax params; figures: a .png).')
 
 
-@functools.cache
+@_shared
 def output_dir_flag() -> flags.FlagHolder:
   return flags.DEFINE_string('output_dir', None, 'Folder for the outputs (created if needed).')
 
 
-@functools.cache
+@_shared
 def seed_flag() -> flags.FlagHolder:
   return flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 
-@functools.cache
+@_shared
 def config_flag() -> flags.FlagHolder:
   """--config: an ml_collections config file, every field overridable as --config.FIELD=VALUE."""
   return config_flags.DEFINE_config_file(
@@ -134,21 +154,22 @@ def config_flag() -> flags.FlagHolder:
       lock_config=True)
 
 
-@functools.cache
+@_shared
 def workdir_flag() -> flags.FlagHolder:
   return flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and '
                              'TensorBoard events; running again resumes from it.')
 
 
-def run(main: Callable[[list[str]], None]):
-  """absl's app.run(main); bad input and bad flags are one line and a non-zero exit status."""
+def run(main: Callable[[list[str]], None], argv: list[str] | None = None):
+  """absl's app.run(main) on `argv` (default sys.argv); bad input and bad flags are one line
+  and a non-zero exit status."""
   def guarded(argv):
     try:
       with quiet.configured(verbose=flags.FLAGS.verbosity > 0):
         main(argv)
     except errors.InputError as e:
       _fail(str(e), e.exit_code)
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(guarded, argv=argv, flags_parser=_parse_flags)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

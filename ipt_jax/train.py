@@ -76,15 +76,26 @@ def check_config(config: ml_collections.ConfigDict):
                               'decay rates lie in [0, 1).')
 
 
+def _initial_state(params, *, model: ipt.IPT, tx: optax.GradientTransformation,
+                   seed: int) -> TrainState:
+  if params is None:
+    params = model.init_params(jax.random.key(seed))
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def abstract_train_state(model: ipt.IPT, tx: optax.GradientTransformation,
+                         config: ml_collections.ConfigDict, params=None) -> TrainState:
+  """The shapes and dtypes of `create_train_state`'s result, computing nothing."""
+  return jax.eval_shape(functools.partial(_initial_state, model=model, tx=tx, seed=config.seed),
+                        params)
+
+
 def create_train_state(model: ipt.IPT, tx: optax.GradientTransformation, mesh,
                        config: ml_collections.ConfigDict, params=None) -> TrainState:
   """A sharded TrainState at step 0, from fresh parameters (config.seed) or the given ones."""
-  def init(params):
-    if params is None:
-      params = model.init_params(jax.random.key(config.seed))
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
-  shardings = state_shardings(mesh, jax.eval_shape(init, params), config)
-  return jax.jit(init, out_shardings=shardings)(params)
+  shardings = state_shardings(mesh, abstract_train_state(model, tx, config, params), config)
+  return jax.jit(functools.partial(_initial_state, model=model, tx=tx, seed=config.seed),
+                 out_shardings=shardings)(params)
 
 
 def state_shardings(mesh, abstract_state: TrainState,
@@ -212,6 +223,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                jax.default_backend(), jax.process_index(), jax.process_count(),
                jax.device_count(), jax.local_device_count(), jax.local_devices()[0].device_kind)
   model = model or build_model(config)
+  data_tasks = tuple(tasks_lib.get(name).name for name in config.data.tasks)
+  if data_tasks != model.tasks:  # Batches name their task by its place in data.tasks.
+    raise errors.InputError(
+        f'data.tasks is {data_tasks} but the model\'s tasks are {model.tasks}; list the same '
+        'tasks in the same order.')
   if config.data.patch_size != model.patch_size:
     raise errors.InputError(
         f'data.patch_size is {config.data.patch_size} but the model takes {model.patch_size}x'
@@ -221,8 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   steps = optimizer.total_steps(config)
   schedule = optimizer.learning_rate(config, steps)
   tx = optimizer.make(config, model, schedule)
-  state = create_train_state(model, tx, mesh, config, params=init_params)
-  abstract_state = jax.eval_shape(lambda s: s, state)
+  abstract_state = abstract_train_state(model, tx, config, init_params)
   # Held-out data first: a bad val_source fails before anything is read or written.
   eval_batches = pipeline.make_eval_batches(config.data, num_examples=config.eval.num_examples,
                                             seed=config.seed)
@@ -233,8 +248,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpoints = checkpoint.TrainCheckpoints(
       f'{workdir}/checkpoints', model, every=config.checkpoint_every,
       keep=config.keep_checkpoints)
-  state = checkpoints.restore_latest(
-      abstract_state, state_shardings(mesh, abstract_state, config)) or state
+  # A run that resumes never initialises (or compiles the initialisation of) a fresh state.
+  state = (checkpoints.restore_latest(abstract_state, state_shardings(mesh, abstract_state, config))
+           or create_train_state(model, tx, mesh, config, params=init_params))
   start = int(state.step)
   logging.info('Training %s from step %d to %d on %d devices (mesh %s); %s parameters.',
                ', '.join(model.tasks), start, steps, mesh.size, dict(mesh.shape),

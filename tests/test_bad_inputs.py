@@ -24,14 +24,9 @@ from ipt_jax import optimizer
 from ipt_jax import train
 from ipt_jax import weights
 from ipt_jax.models import ipt
+from tests.conftest import REPO
+from tests.conftest import run_command
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def run(module, *args):
-  return subprocess.run([sys.executable, '-m', f'ipt_jax.{module}', *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300,
-                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 
 def last_line(result) -> str:
@@ -73,6 +68,7 @@ def flip_bits(path: pathlib.Path, offset=100, count=64):
      r'is truncated or extended \(\d+ bytes, \d+ written\)'),
     (lambda p: p.unlink(), r'is missing'),
 ])
+@pytest.mark.slow
 def test_damaged_params_are_refused_naming_the_file(tiny, tmp_path, damage, message):
   directory = copy_of(tiny[2], tmp_path)
   data_file = largest_data_file(directory)
@@ -85,7 +81,7 @@ def test_damaged_params_are_refused_naming_the_file(tiny, tmp_path, damage, mess
 def test_convert_of_a_damaged_checkpoint_is_one_line_and_writes_nothing(tiny, tmp_path):
   directory = copy_of(tiny[2], tmp_path)
   flip_bits(largest_data_file(directory))
-  result = run('convert', f'--checkpoint={directory}', f'--output={tmp_path / "out.pt"}')
+  result = run_command('convert', f'--checkpoint={directory}', f'--output={tmp_path / "out.pt"}')
   assert result.returncode == 1
   assert re.match(rf'error: {directory} is damaged: params/.*\(checksum mismatch\)\.$',
                   last_line(result))
@@ -108,7 +104,7 @@ def test_every_command_refuses_a_damaged_checkpoint_in_one_line(tiny, tmp_path, 
       'finetune': ['--config=configs/finetune.py:sr_x2', f'--config.checkpoint={directory}',
                    f'--workdir={tmp_path / "ft"}'],
   }[module]
-  result = run(module, *args)
+  result = run_command(module, *args)
   assert result.returncode == 1
   assert re.match(rf'error: {directory} is damaged: params/.* is missing\.$', last_line(result))
   assert not (tmp_path / 'ft').exists()
@@ -146,6 +142,7 @@ def saved_steps(tmp_path, model, steps=(1, 2)):
   return state
 
 
+@pytest.mark.slow
 def test_a_damaged_step_is_set_aside_and_the_previous_one_used(tmp_path, monkeypatch):
   warnings = []
   monkeypatch.setattr(checkpoint.logging, 'warning',
@@ -165,6 +162,7 @@ def test_a_damaged_step_is_set_aside_and_the_previous_one_used(tmp_path, monkeyp
   assert 'Set aside as damaged_2; using the step before it.' in warnings[0]
 
 
+@pytest.mark.slow
 def test_another_models_workdir_is_an_error_and_nothing_is_renamed(tmp_path):
   saved_steps(tmp_path, ipt.create('tiny', tasks=('sr_x2',)))
   before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
@@ -179,10 +177,11 @@ def test_another_models_workdir_is_an_error_and_nothing_is_renamed(tmp_path):
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
 
 
+@pytest.mark.slow
 def test_main_refuses_another_models_workdir_with_one_line(tmp_path):
   saved_steps(tmp_path, ipt.create('tiny', tasks=('sr_x2',)))
-  result = run('main', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
-               "--config.data.tasks=('sr_x2',)", '--config.model.preset=small')
+  result = run_command('main', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
+                       "--config.data.tasks=('sr_x2',)", '--config.model.preset=small')
   assert result.returncode == 1
   assert 'was saved by another model config (n_feats: saved 8, now 32' in last_line(result)
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2']
@@ -201,6 +200,18 @@ def test_bad_settings_fail_before_the_workdir_is_made(tmp_path, field, value, me
   assert not (tmp_path / 'w').exists()
 
 
+def test_a_model_whose_tasks_differ_from_the_datas_is_refused(tmp_path):
+  # Fine-tuning and other callers pass their own model; batches index data.tasks.
+  config = train_config()
+  config.data.tasks = ('denoise_30', 'sr_x2')
+  model = ipt.create('tiny', tasks=('sr_x2', 'denoise_30'))
+  with pytest.raises(errors.InputError, match=r"data.tasks is \('denoise_30', 'sr_x2'\) but the "
+                     r"model's tasks are \('sr_x2', 'denoise_30'\); list the same tasks"):
+    train.train_and_evaluate(config, str(tmp_path / 'w'), model=model)
+  assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.slow
 def test_nan_learning_rate_and_bad_sources_fail_before_the_workdir_is_made(tmp_path):
   config = train_config()
   config.optimizer.lr = float('nan')
@@ -230,6 +241,7 @@ def _config_overrides(text: str) -> list[tuple[str, str]]:
   return found
 
 
+@pytest.mark.slow
 def test_every_documented_override_parses():
   texts = [(REPO / name).read_text() for name in ('README.md', 'launch/README.md',
                                                   'launch/tpu.sh', 'launch/gpu_slurm.sbatch')]
@@ -244,6 +256,7 @@ def test_every_documented_override_parses():
     assert result.returncode == 0, (config, override, result.stderr[-1500:])
 
 
+@pytest.mark.slow
 def test_head_count_and_names_survive_safetensors(tmp_path):
   model = ipt.create('tiny', tasks=('sr_x4',), num_heads=4)
   params = model.init_params(jax.random.key(0))
@@ -263,7 +276,7 @@ def test_convert_refuses_files_that_are_not_checkpoints(tmp_path, make, message)
   pytest.importorskip('torch')
   bad = tmp_path / 'model.pt'
   make(bad)
-  result = run('convert', f'--checkpoint={bad}', f'--output={tmp_path / "out"}')
+  result = run_command('convert', f'--checkpoint={bad}', f'--output={tmp_path / "out"}')
   assert result.returncode == 1 and message in last_line(result), result.stderr[-2000:]
   assert not (tmp_path / 'out').exists()
 
@@ -275,7 +288,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tiny, tmp_path):
   for module, flag in (('restore', '--output_dir'), ('evaluate', '--output_dir')):
     args = ([f'--checkpoint={tiny[2]}', '--tasks=sr_x2', str(image)] if module == 'restore' else
             ['--model=bicubic', '--tasks=sr_x2', f'--data_dir={tmp_path}', '--sets=.'])
-    result = run(module, *args, f'{flag}={tmp_path / "file" / "out"}')
+    result = run_command(module, *args, f'{flag}={tmp_path / "file" / "out"}')
     assert result.returncode == 1, result.stderr[-2000:]
     assert last_line(result) == (f'error: {tmp_path / "file" / "out"}: cannot create the output '
                                  'folder (Not a directory); choose another.')
@@ -293,8 +306,9 @@ def test_evaluate_skips_bad_images_by_name_and_keeps_the_rest(tmp_path):
   (hr / 'text.png').write_text('hello')
   (hr / 'folder.png').mkdir()
   Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(hr / 'tiny.png')
-  result = run('evaluate', '--model=bicubic', '--tasks=sr_x2', f'--data_dir={tmp_path / "data"}',
-               '--sets=Set5', f'--output_dir={tmp_path / "out"}')
+  result = run_command('evaluate', '--model=bicubic', '--tasks=sr_x2',
+                       f'--data_dir={tmp_path / "data"}', '--sets=Set5',
+                       f'--output_dir={tmp_path / "out"}')
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
   for name in ('cut', 'empty', 'text', 'folder'):

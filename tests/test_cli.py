@@ -1,13 +1,16 @@
 """The shared command-line vocabulary and the one way every command fails."""
 import ast
+import importlib
 import pathlib
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 
+from absl import flags
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+from tests.conftest import run_command
+
 COMMANDS = ('main', 'finetune', 'evaluate', 'restore', 'convert', 'benchmark', 'figures',
             'pack_imagenet')
 # Flags of ipt_jax.cli: each must be the same everywhere it is taken.
@@ -26,19 +29,18 @@ def key_flags():
   """{command: {flag: (type, default)}} of the flags each command's --help lists."""
   out = {}
   for name in COMMANDS:
-    result = command(name, '--helpxml')
-    root = ET.fromstring(result.stdout)
-    out[name] = {f.findtext('name'): (f.findtext('type'), f.findtext('default'))
-                 for f in root.iter('flag') if f.findtext('key') == 'yes'}
+    module = importlib.import_module(f'ipt_jax.{name}')
+    out[name] = {f.name: (f.flag_type(), f.default_as_str)
+                 for f in flags.FLAGS.get_key_flags_for_module(module)}
   return out
 
 
 def test_shared_flags_have_one_name_type_and_default_everywhere(key_flags):
   seen = {}
-  for name, flags in key_flags.items():
+  for name, taken in key_flags.items():
     for flag in SHARED:
-      if flag in flags:
-        seen.setdefault(flag, {})[name] = flags[flag]
+      if flag in taken:
+        seen.setdefault(flag, {})[name] = taken[flag]
   for flag, by_command in seen.items():
     assert len(set(by_command.values())) == 1, (flag, by_command)
   # Who takes what (the README's table).
@@ -53,9 +55,10 @@ def test_shared_flags_have_one_name_type_and_default_everywhere(key_flags):
   assert takes('output') == ['convert', 'figures']
   assert takes('data_dir') == ['evaluate', 'figures']
   for old in ('input', 'task', 'init'):
-    assert not any(old in flags for flags in key_flags.values()), old
+    assert not any(old in taken for taken in key_flags.values()), old
 
 
+@pytest.mark.slow
 def test_a_bug_inside_a_command_keeps_its_traceback(tmp_path):
   # A KeyError raised where the command loads its weights: not bad input, so not one line.
   program = ('import sys; from ipt_jax import convert, weights\n'
@@ -72,9 +75,7 @@ def test_a_bug_inside_a_command_keeps_its_traceback(tmp_path):
 
 
 @pytest.mark.parametrize('name,args,status,message', [
-    # A required flag missing, an unknown flag, a bad value: flag misuse, status 2.
-    ('convert', ['--output=x'], 2, 'error: flag --checkpoint=None: Flag --checkpoint must have a '
-     'value other than None. (see --help)'),
+    # An unknown flag, a bad value, a misused argument: flag misuse, status 2.
     ('restore', ['--nosuchflag', 'x.png'], 2, 'error: Unknown command line flag'),
     ('evaluate', ['--tasks=sr_x2', '--data_dir=.', '--tile_batch=0'], 2,
      'error: flag --tile_batch=0: 0 is not a positive integer'),
@@ -94,12 +95,22 @@ def test_a_bug_inside_a_command_keeps_its_traceback(tmp_path):
     ('main', ['--config=configs/quickstart.py', '--workdir=w', '--config.model.preset=huge'], 1,
      "error: Unknown model preset 'huge'"),
 ])
-def test_bad_input_is_one_line(tmp_path, name, args, status, message):
-  result = command(name, *args, env={**__import__('os').environ, 'JAX_PLATFORMS': 'cpu'})
+def test_bad_input_is_one_line(name, args, status, message):
+  result = run_command(name, *args)
   lines = result.stderr.strip().splitlines()
   assert result.returncode == status, result.stderr[-2000:]
   assert lines and lines[-1].startswith(message), result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_missing_required_flag_is_one_line_and_status_2():
+  # A real process: commands mark their required flags when run as a program.
+  result = command('convert', '--output=x')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: flag --checkpoint=None: Flag --checkpoint must have a value other than None. '
+      '(see --help)')
 
 
 def _imports(path: pathlib.Path) -> set[str]:

@@ -1,15 +1,15 @@
 """Official PyTorch checkpoints <-> Flax params: numerics against the official model, exact
 round trips, the official key layout, and errors for bad checkpoints."""
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import run_command
 from tests.conftest import shared_path
 from ipt_jax import checkpoint
 from ipt_jax import convert
@@ -41,12 +41,14 @@ def _run_official_inputs(model, params, io, dtype):
     yield t, np.abs(out - io[f'output_task{t}'])
 
 
+@pytest.mark.slow
 def test_float32_matches_the_official_model(official_sd, official_io):
   model, params = torch_layout.from_torch(official_sd, num_heads=2)
   for t, err in _run_official_inputs(model, params, official_io, jnp.float32):
     assert err.max() < 1e-2 and err.mean() < 2e-4, (t, err.max(), err.mean())
 
 
+@pytest.mark.slow
 def test_float64_matches_the_official_model_exactly(official_sd, official_io):
   with jax.enable_x64(True):
     model, params = torch_layout.from_torch(official_sd, num_heads=2, dtype=jnp.float64,
@@ -61,6 +63,7 @@ def test_six_heads_are_read_in_the_official_task_order(official_sd):
   assert model.tasks == ('sr_x2', 'sr_x3', 'sr_x4', 'derain', 'denoise_30', 'denoise_50')
 
 
+@pytest.mark.slow
 def test_params_saved_in_the_old_task_order_load_by_name(tmp_path):
   # Checkpoints this project wrote before the order was corrected list denoising first; their
   # parameters are named by task, so every task still gets its own head.
@@ -69,11 +72,17 @@ def test_params_saved_in_the_old_task_order_load_by_name(tmp_path):
   params = model.init_params(jax.random.key(0))
   checkpoint.save_params(tmp_path / 'old', model, params)
   loaded_model, loaded = weights.load(tmp_path / 'old')
+  for name in old_order:
+    for prefix in ('head_', 'tail_'):
+      jax.tree.map(np.testing.assert_array_equal, loaded[prefix + name], params[prefix + name])
+    np.testing.assert_array_equal(loaded['body'][f'query_embed_{name}'],
+                                  params['body'][f'query_embed_{name}'])
+  # And the model runs a task by its name: derain moved from last to fourth.
   x = jax.random.uniform(jax.random.key(1), (1, 48, 48, 3), maxval=255.)
-  for name in ('derain', 'denoise_30', 'denoise_50'):
-    expected = model.apply({'params': params}, x, task=old_order.index(name))
-    got = loaded_model.apply({'params': loaded}, x, task=tasks.index(name, loaded_model.tasks))
-    np.testing.assert_array_equal(got, expected)
+  run = jax.jit(lambda m, p, task: m.apply({'params': p}, x, task=task), static_argnums=(0, 2))
+  np.testing.assert_array_equal(
+      run(loaded_model, loaded, tasks.index('derain', loaded_model.tasks)),
+      run(model, params, old_order.index('derain')))
 
 
 def test_round_trip_is_exact(official_sd):
@@ -170,6 +179,7 @@ def _assert_same_params(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
+@pytest.mark.slow
 def test_file_and_directory_round_trips_are_lossless(one_task, tmp_path):
   model, params, sd = one_task
   pt = tmp_path / 'model.pt'
@@ -193,6 +203,7 @@ def test_file_and_directory_round_trips_are_lossless(one_task, tmp_path):
     convert.convert(pt, tmp_path / 'dir2', checkpoint_tasks=('sr_x4',), num_heads=2)
 
 
+@pytest.mark.slow
 def test_relative_and_home_paths_work(one_task, tmp_path, monkeypatch):
   """Orbax wants absolute paths: a user's relative or ~ path is resolved first."""
   model, params, sd = one_task
@@ -216,10 +227,10 @@ def test_failed_conversion_writes_nothing(one_task, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['broken.pt']
 
 
+@pytest.mark.slow
 def test_cli_round_trip_and_one_line_errors(official_sd, tmp_path):
   pt = shared_path(*TINY, 'state_dict.pt')
-  run = lambda *args: subprocess.run([sys.executable, '-m', 'ipt_jax.convert', *args],
-                                     capture_output=True, text=True)
+  run = functools.partial(run_command, 'convert')
   ok = run(f'--checkpoint={pt}', f'--output={tmp_path / "dir"}', '--num_heads=2')
   assert ok.returncode == 0, ok.stderr
   assert 'Wrote' in ok.stdout

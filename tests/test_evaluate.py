@@ -3,13 +3,12 @@ command writes, the tiny official model on Set5, denoising and deraining folders
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from tests.conftest import run_command
 from tests.conftest import shared_path
 from ipt_jax import errors
 from ipt_jax import evaluate
@@ -19,7 +18,6 @@ from ipt_jax import weights
 from ipt_jax.data import testsets
 
 TINY_PT = ('fixtures', 'official_ipt_tiny', 'state_dict.pt')
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # shared/data/README.md: the Y-PSNR of bicubic upscaling on Set5 and Set14.
 BICUBIC_REFERENCE = {'sr_x2': (33.68, 30.33), 'sr_x3': (30.41, 27.63), 'sr_x4': (28.43, 26.09)}
 
@@ -64,10 +62,8 @@ def test_bicubic_from_lr_generated_from_hr_is_within_a_hundredth(data_dir, tmp_p
 
 def test_cli_prints_the_table_and_writes_json_and_images(data_dir, tmp_path):
   out = tmp_path / 'out'
-  result = subprocess.run(
-      [sys.executable, '-m', 'ipt_jax.evaluate', '--model=bicubic', '--tasks=sr_x3',
-       f'--data_dir={data_dir}', '--sets=Set5', '--save_images', f'--output_dir={out}'],
-      capture_output=True, text=True, cwd=REPO)
+  result = run_command('evaluate', '--model=bicubic', '--tasks=sr_x3', f'--data_dir={data_dir}',
+                       '--sets=Set5', '--save_images', f'--output_dir={out}')
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0] == '| task | set | images | PSNR (dB) | SSIM | images/s |'
@@ -86,6 +82,7 @@ def test_cli_prints_the_table_and_writes_json_and_images(data_dir, tmp_path):
       assert image.mode == 'RGB' and np.asarray(image).shape == pair.hq.shape
 
 
+@pytest.mark.slow
 def test_tiny_official_model_on_set5_x2(data_dir, tiny_pt, tmp_path):
   scores, applied = evaluate.evaluate(tiny_options(tiny_pt, tmp_path, tasks=('sr_x2',),
                                                    data_dir=data_dir, sets=('Set5',)))
@@ -104,6 +101,7 @@ def write_images(folder: pathlib.Path, names, seed):
     Image.fromarray(rng.integers(0, 256, (50, 60, 3), np.uint8)).save(folder / f'{name}.png')
 
 
+@pytest.mark.slow
 def test_denoising_uses_the_same_seeded_noise_every_time(tiny_pt, tmp_path):
   write_images(tmp_path / 'data' / 'Mini' / 'HR', ['a', 'b'], seed=0)
   options = tiny_options(tiny_pt, tmp_path, tasks=('denoise_30',), data_dir=str(tmp_path / 'data'),
@@ -114,6 +112,7 @@ def test_denoising_uses_the_same_seeded_noise_every_time(tiny_pt, tmp_path):
   assert np.isfinite(first[0].psnr)
 
 
+@pytest.mark.slow
 def test_deraining_measures_the_whole_image(tiny_pt, tmp_path):
   write_images(tmp_path / 'data' / 'Rain100L' / 'rainy', ['rain-001'], seed=1)
   write_images(tmp_path / 'data' / 'Rain100L', ['norain-001'], seed=2)

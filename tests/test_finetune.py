@@ -8,14 +8,12 @@ import pytest
 from PIL import Image
 
 from configs import finetune as finetune_config
-from configs import quickstart
 from ipt_jax import errors
 from ipt_jax import evaluate
 from ipt_jax import finetune
 from ipt_jax import inference
 from ipt_jax import restore
 from ipt_jax import torch_layout
-from ipt_jax import train
 from ipt_jax import weights
 from tests.conftest import shared_path
 
@@ -38,6 +36,7 @@ def config_for(task, init, num_heads=None, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_keeps_the_chosen_task_and_drops_the_others():
   pt = shared_path(*TINY_PT)
   _, official = torch_layout.from_torch(str(pt), num_heads=2)
@@ -53,6 +52,7 @@ def test_keeps_the_chosen_task_and_drops_the_others():
                official['body']['encoder_1'])
 
 
+@pytest.mark.slow
 def test_a_new_task_gets_a_fresh_head_on_the_pretrained_body():
   pt = shared_path(*TINY_PT)
   _, official = torch_layout.from_torch(str(pt), num_heads=2)
@@ -65,6 +65,7 @@ def test_a_new_task_gets_a_fresh_head_on_the_pretrained_body():
   assert jax.tree.structure(params) == jax.tree.structure(shapes)
 
 
+@pytest.mark.slow
 def test_from_the_official_pt_runs_resumes_evaluates_and_restores(tmp_path, caplog):
   pt = shared_path(*TINY_PT)
   workdir = tmp_path / 'sr_x2'
@@ -88,15 +89,11 @@ def test_from_the_official_pt_runs_resumes_evaluates_and_restores(tmp_path, capl
   assert Image.open(tmp_path / 'out' / 'photo_x2.png').size == (100, 60)
 
 
-def test_from_a_pretraining_run(tmp_path):
-  pretrain = quickstart.get_config()
-  pretrain.data.tasks, pretrain.data.batch_size = ('sr_x2', 'denoise_30'), 4
-  pretrain.eval.num_examples = 4
-  pretrain.total_steps, pretrain.log_every, pretrain.eval_every = 1, 1, 1
-  train.train_and_evaluate(pretrain, str(tmp_path / 'pretrain'))
-  config = config_for('denoise_30', tmp_path / 'pretrain', total_steps=1)
+@pytest.mark.slow
+def test_from_a_pretraining_run(trained_run, tmp_path):
+  config = config_for('denoise_30', trained_run.workdir, total_steps=1)
   _, params = finetune.init_model(config)
-  _, pretrained = weights.load(tmp_path / 'pretrain')
+  _, pretrained = weights.load(trained_run.workdir)
   jax.tree.map(np.testing.assert_array_equal, params['head_denoise_30'],
                jax.device_get(pretrained['head_denoise_30']))
   state = finetune.finetune(config, str(tmp_path / 'ft'))

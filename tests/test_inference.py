@@ -76,12 +76,14 @@ def _chop_errors(image_models, chop):
       yield t, name, out, np.abs(out - expected)
 
 
+@pytest.mark.slow
 def test_official_mode_reproduces_forward_chop(official, chop):
   for t, name, out, err in _chop_errors(official, chop):
     assert out.dtype == np.float32
     assert err.max() < 1e-2 and err.mean() < 2e-4, (t, name, err.max(), err.mean())
 
 
+@pytest.mark.slow
 def test_official_mode_is_exactly_forward_chop_in_float64(chop):
   pytest.importorskip('torch')
   with jax.enable_x64(True):

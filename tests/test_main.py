@@ -1,5 +1,6 @@
 """Pre-training end to end: python -m ipt_jax.main on the bundled samples, checkpoints,
-TensorBoard events, exact resume after SIGKILL, SIGTERM, export, and two processes."""
+TensorBoard events, exact resume after SIGKILL and SIGTERM, export, and two processes."""
+import logging
 import os
 import pathlib
 import signal
@@ -16,22 +17,25 @@ import tensorflow as tf
 
 from ipt_jax import checkpoint
 from ipt_jax import convert
+from ipt_jax import progress
+from ipt_jax import train
 from ipt_jax import weights
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 8
-# The quickstart config with two tasks, a small batch and every step logged.
-OVERRIDES = (f'--config.total_steps={STEPS}', '--config.data.batch_size=4',
-             "--config.data.tasks=('sr_x2','denoise_30')", '--config.log_every=1',
-             f'--config.eval_every={STEPS // 2}', f'--config.checkpoint_every={STEPS // 2}',
-             '--config.eval.num_examples=4')
+from tests.conftest import REPO
+from tests.conftest import run_command
+from tests.conftest import TRAINED_ARGS
+from tests.conftest import TRAINED_STEPS as STEPS
+from tests.conftest import TRAINED_TASKS
+from tests.conftest import trained_config
 
 
-def start(workdir, *extra, env=None):
-  command = [sys.executable, '-m', 'ipt_jax.main', '--config=configs/quickstart.py',
-             f'--workdir={workdir}', *OVERRIDES, *extra]
-  return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})})
+def start(workdir, *overrides, env=None):
+  """`python -m ipt_jax.main` as the session's trained run was started (but for `overrides`,
+  --name=value each), on `workdir`."""
+  args = dict(arg.split('=', 1) for arg in (*TRAINED_ARGS, f'--workdir={workdir}', *overrides))
+  command = [sys.executable, '-m', 'ipt_jax.main', *(f'{k}={v}' for k, v in args.items())]
+  return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env={**os.environ, **(env or {})})
 
 
 def finish(process, timeout=300):
@@ -65,72 +69,74 @@ def wait_for(condition, process, timeout=300):
     time.sleep(0.05)
 
 
-@pytest.fixture(scope='module')
-def straight_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('straight')
-  finish(start(workdir))
-  return workdir
-
-
-def test_writes_checkpoints_events_and_validation(straight_run):
-  assert STEPS in steps_saved(straight_run) and STEPS // 2 in steps_saved(straight_run)
-  losses = scalars(straight_run, 'loss')
+@pytest.mark.slow
+def test_writes_checkpoints_events_and_validation(trained_run):
+  workdir = trained_run.workdir
+  assert steps_saved(workdir) == [STEPS // 2, STEPS]
+  losses = scalars(workdir, 'loss')
   assert sorted(losses) == list(range(1, STEPS + 1))
   assert all(np.isfinite(v) for v in losses.values())
   for tag in ('l1', 'contrastive', 'learning_rate', 'grad_norm', 'images_per_sec', 'step_time',
-              'skipped_steps', 'loss_sr_x2', 'loss_denoise_30'):
-    assert scalars(straight_run, tag), tag
-  for task in ('sr_x2', 'denoise_30'):
-    psnr = scalars(straight_run, f'val/psnr_{task}')
+              'skipped_steps', *(f'loss_{task}' for task in TRAINED_TASKS)):
+    assert scalars(workdir, tag), tag
+  for task in TRAINED_TASKS:
+    psnr = scalars(workdir, f'val/psnr_{task}')
     assert psnr[STEPS] > psnr[STEPS // 2], (task, psnr)  # Validation PSNR rises.
-  model, _ = weights.load(straight_run)
-  assert model.tasks == ('sr_x2', 'denoise_30')
+  model, _ = weights.load(workdir)
+  assert model.tasks == TRAINED_TASKS
 
 
-def test_resume_after_sigkill_is_exact(straight_run, tmp_path):
+@pytest.mark.slow
+def test_killed_then_pre_empted_then_resumed_is_exact(trained_run, tmp_path, monkeypatch,
+                                                      caplog):
+  # kill -9 once the step-4 checkpoint is written, before the run ends.
   process = start(tmp_path)
   wait_for(lambda: STEPS // 2 in steps_saved(tmp_path), process)
   process.kill()
   process.wait()
   assert steps_saved(tmp_path)[-1] < STEPS, 'the run finished before it was killed'
-  output = finish(start(tmp_path))
-  assert f'from step {STEPS // 2} to {STEPS}' in output
+  # It resumes (here, in this process) from step 4; a SIGTERM (pre-emption) after step 5
+  # saves the step it is at.
+  log = progress.log
 
-  expected, got = scalars(straight_run, 'loss'), scalars(tmp_path, 'loss')
-  assert got == expected  # Bitwise, every step.
-  _, params = weights.load(straight_run)
+  def pre_empt_after_step_5(line):
+    log(line)
+    if line.startswith(f'step {STEPS // 2 + 1}/'):
+      os.kill(os.getpid(), signal.SIGTERM)
+  monkeypatch.setattr(progress, 'log', pre_empt_after_step_5)
+  with caplog.at_level(logging.INFO):
+    state = train.train_and_evaluate(trained_config(), str(tmp_path))
+  saved = steps_saved(tmp_path)[-1]
+  assert saved == int(state.step) and STEPS // 2 < saved < STEPS
+  assert f'Restored checkpoint step {STEPS // 2} ' in caplog.text
+  assert f'Pre-empted: saved step {saved}.' in caplog.text
+  # Resumed from there, the run is bitwise the uninterrupted one: every loss, every weight.
+  monkeypatch.setattr(progress, 'log', log)
+  assert int(train.train_and_evaluate(trained_config(), str(tmp_path)).step) == STEPS
+  assert scalars(tmp_path, 'loss') == scalars(trained_run.workdir, 'loss')
+  _, params = weights.load(trained_run.workdir)
   _, resumed = weights.load(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(params))
 
 
-def test_sigterm_saves_the_current_step(tmp_path):
-  process = start(tmp_path, '--config.total_steps=1000', '--config.checkpoint_every=1000')
-  wait_for(lambda: len(scalars(tmp_path, 'loss')) >= 2, process)
-  process.send_signal(signal.SIGTERM)
-  output = finish(process)
-  saved = steps_saved(tmp_path)
-  assert f'Pre-empted: saved step {saved[-1]}' in output
-  assert 2 <= saved[-1] < 1000
-  model, params = weights.load(tmp_path)
-  assert jax.tree.structure(params) == jax.tree.structure(
-      jax.eval_shape(model.init_params, jax.random.key(0)))
-
-
-def test_export_the_latest_step_to_pytorch_and_back(straight_run, tmp_path):
+@pytest.mark.slow
+def test_export_the_latest_step_to_pytorch_and_back(trained_run, tmp_path):
   pytest.importorskip('torch')
-  convert.convert(straight_run / 'checkpoints', tmp_path / 'model.pt')
-  convert.convert(tmp_path / 'model.pt', tmp_path / 'back', checkpoint_tasks=('sr_x2', 'denoise_30'),
+  convert.convert(trained_run.workdir / 'checkpoints', tmp_path / 'model.pt')
+  convert.convert(tmp_path / 'model.pt', tmp_path / 'back', checkpoint_tasks=TRAINED_TASKS,
                   num_heads=2)
-  _, params = weights.load(straight_run)
+  _, params = weights.load(trained_run.workdir)
   _, back = weights.load(tmp_path / 'back')
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(back), jax.device_get(params))
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_checkpoint(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   processes = [start(tmp_path, '--config.total_steps=2', '--config.checkpoint_every=2',
+                     "--config.data.tasks=('sr_x2',)",
                      env={'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
                           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)})
                for i in range(2)]
@@ -149,14 +155,13 @@ def test_two_processes_train_and_checkpoint(tmp_path):
      'from it with python -m ipt_jax.finetune.'),
 ])
 def test_bad_config_is_one_line(tmp_path, args, exit_code, message):
-  result = subprocess.run(
-      [sys.executable, '-m', 'ipt_jax.main', f'--workdir={tmp_path / "w"}', *args],
-      cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  result = run_command('main', f'--workdir={tmp_path / "w"}', *args)
   assert result.returncode == exit_code
   assert result.stderr.strip().splitlines()[-1] == message
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_cpu_devices_split_the_cpu_before_jax_starts():
   program = textwrap.dedent('''
       import jax
@@ -166,7 +171,7 @@ def test_cpu_devices_split_the_cpu_before_jax_starts():
       parallel.initialize('off', cpu_devices=3)  # JAX has started: a warning, nothing else.
       print(jax.device_count())
   ''')
-  result = subprocess.run([sys.executable, '-c', program], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  result = subprocess.run([sys.executable, '-c', program], cwd=REPO, capture_output=True,
+                          text=True)
   assert result.stdout.split() == ['2', '2'], result.stderr[-2000:]
   assert 'mesh.cpu_devices=3 is not applied' in result.stderr

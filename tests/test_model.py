@@ -25,6 +25,7 @@ def test_paper_preset_has_the_official_parameter_count():
   assert ipt.count_params(shapes['body']) - 6 * 256 * 576 == 115_636_608 - 6 * 256 * 576
 
 
+@pytest.mark.slow
 def test_every_task_gets_the_right_output_shape_and_features(tiny):
   model, params = tiny
   x = jax.random.uniform(jax.random.key(1), (2, 48, 48, 3), maxval=255.)
@@ -113,6 +114,7 @@ def test_pixel_shuffle_matches_pytorch():
     np.testing.assert_array_equal(np.asarray(got).transpose(0, 3, 1, 2), expected)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32(tiny):
   model, params = tiny
   x = jax.random.uniform(jax.random.key(2), (2, 48, 48, 3), maxval=255.)
@@ -137,6 +139,7 @@ def _loss_and_grad(model, params, x):
   return jax.value_and_grad(loss)(params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fields', [dict(remat=True), dict(scan_layers=True),
                                     dict(scan_layers=True, remat=True)])
 def test_remat_and_scan_layers_change_how_it_runs_not_what_it_computes(float64_reference,
@@ -153,6 +156,7 @@ def test_remat_and_scan_layers_change_how_it_runs_not_what_it_computes(float64_r
       np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.slow
 def test_scan_layers_applies_dropout_by_its_key(tiny):
   model, params = tiny
   model = model.clone(dropout_rate=0.5, scan_layers=True)
@@ -164,6 +168,7 @@ def test_scan_layers_applies_dropout_by_its_key(tiny):
   assert not np.allclose(run(jax.random.key(0)), model.apply({'params': params}, x, task=0))
 
 
+@pytest.mark.slow
 def test_the_accelerator_side_imports_without_tensorflow():
   code = BLOCK_TENSORFLOW + '''
 for name in ('models.ipt', 'losses', 'metrics', 'inference', 'train', 'convert', 'parallel',

@@ -46,6 +46,7 @@ def _hashes(source: sources.ImageSource) -> list[str]:
   return [hashlib.sha1(r['encoded']).hexdigest() for r in records]
 
 
+@pytest.mark.slow
 def test_two_hosts_read_disjoint_halves_that_cover_the_split(prepared):
   _, data_dir, _, _ = prepared
   hosts = [_hashes(sources.open_source('tfds:imagenet2012', min_size=1, data_dir=str(data_dir),
@@ -63,6 +64,7 @@ def test_two_hosts_read_disjoint_halves_that_cover_the_split(prepared):
   assert sorted(official) == sorted(everything + validation)
 
 
+@pytest.mark.slow
 def test_mini_pretraining_runs_from_the_prepared_split(prepared, tmp_path):
   _, data_dir, _, _ = prepared
   config = mini_pretrain.get_config()

@@ -48,6 +48,7 @@ def _take(config, steps: int, **kwargs) -> list[dict]:
   return list(itertools.islice(pipeline.make_train_iterator(config, **kwargs), steps))
 
 
+@pytest.mark.slow
 def test_every_task_has_the_right_pairs(jpeg_folder):
   config = _config(jpeg_folder)
   batches = _take(config, 25, seed=3)
@@ -76,6 +77,7 @@ def test_every_task_has_the_right_pairs(jpeg_folder):
       assert (lq >= hq).all() and (lq > hq).mean() > 0.01 and (lq == np.round(lq)).all()
 
 
+@pytest.mark.slow
 def test_same_seed_same_batches(jpeg_folder):
   config = _config(jpeg_folder)
   first, again, other = (_take(config, 4, seed=s) for s in (1, 1, 2))
@@ -87,6 +89,7 @@ def test_same_seed_same_batches(jpeg_folder):
              for a, c in zip(first, other))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('start_step', [4, 5, 9])
 def test_resume_equals_uninterrupted_run(jpeg_folder, start_step):
   # 3 examples per step, 2 crops per image, 6 images per epoch: step 4 starts epoch 1,
@@ -181,6 +184,7 @@ def test_eval_batches_are_fixed():
     np.testing.assert_array_equal(pair['hq'], again[name]['hq'])
 
 
+@pytest.mark.slow
 def test_tfds_imagenet_pipeline_mocked():
   config = pretrain.data_config()
   config.update(source='tfds:imagenet2012', val_source='tfds:imagenet2012:validation',

@@ -26,48 +26,42 @@ from ipt_jax.data import testsets
 from ipt_jax.data import degrade
 from ipt_jax.data import sources
 from ipt_jax.models import ipt
+from tests.conftest import REPO
+from tests.conftest import TRAINED_STEPS as STEPS
+from tests.conftest import user_env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = ('--config=configs/quickstart.py', '--config.total_steps=4', '--config.log_every=2',
-         '--config.eval_every=4', '--config.checkpoint_every=4', '--config.data.batch_size=2',
-         '--config.eval.num_examples=2', "--config.data.tasks=('sr_x2','denoise_30')")
 # Native and library lines a default run must not show.
 NOISE = ('oneDNN', 'absl::InitializeLog', 'iCCP', 'cpu_feature_guard', 'checkpoint_manager.py',
          "Unable to initialize backend 'tpu'")
 
 
-def user_env(**extra) -> dict:
-  """The environment a user runs commands in: conftest's TensorFlow log level removed."""
-  env = {k: v for k, v in os.environ.items() if k != quiet.TF_LOG_LEVEL}
-  return {**env, 'JAX_PLATFORMS': 'cpu', **extra}
-
-
 def run(args, env=None, **kwargs) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
                         env=env or user_env(), timeout=600, **kwargs)
 
 
-def test_training_logs_each_log_every_step_and_ends_with_a_summary(tmp_path):
-  workdir = tmp_path / 'run'
-  result = run(['-m', 'ipt_jax.main', *TRAIN, f'--workdir={workdir}'])
-  assert result.returncode == 0, result.stderr[-3000:]
-  log = result.stderr
-  for step in (2, 4):
-    [line] = [l for l in log.splitlines() if f'] step {step}/4 ({step * 25}%): loss ' in l]
+@pytest.mark.slow
+def test_training_logs_each_log_every_step_and_ends_with_a_summary(trained_run):
+  log, workdir = trained_run.stderr, trained_run.workdir
+  for step in range(1, STEPS + 1):
+    [line] = [l for l in log.splitlines()
+              if f'] step {step}/{STEPS} ({100 * step / STEPS:.0f}%): loss ' in l]
     assert ', lr ' in line and ' images/s, ' in line and line.endswith(' left'), line
   assert 'Y-PSNR of the baseline (bicubic for SR, the input itself otherwise): sr_x2 ' in log
-  assert '] step 4/4 validation Y-PSNR dB, model / baseline: sr_x2 ' in log
+  assert f'] step {STEPS}/{STEPS} validation Y-PSNR dB, model / baseline: sr_x2 ' in log
   for noise in NOISE:
     assert noise not in log, noise
-  summary = result.stdout
-  assert summary.startswith('Training done: steps 0 to 4 of 4 in '), summary
-  assert 'Validation Y-PSNR at step 4 in dB' in summary
-  assert f'Checkpoints: {workdir}/checkpoints (newest: step 4)' in summary
+  assert not quiet.TENSORFLOW_START_UP.search(log)  # Shown with -v 1 only (below).
+  summary = trained_run.stdout
+  assert summary.startswith(f'Training done: steps 0 to {STEPS} of {STEPS} in '), summary
+  assert f'Validation Y-PSNR at step {STEPS} in dB' in summary
+  assert f'Checkpoints: {workdir}/checkpoints (newest: step {STEPS})' in summary
   assert f'tensorboard --logdir={workdir}' in summary
   assert (f'python -m ipt_jax.evaluate --checkpoint={workdir} --tasks=sr_x2,denoise_30 '
           '--data_dir=') in summary
   assert f'python -m ipt_jax.restore --checkpoint={workdir} --tasks=sr_x2 ' in summary
-  assert f'python -m ipt_jax.convert --checkpoint={workdir} --output=run.safetensors' in summary
+  assert (f'python -m ipt_jax.convert --checkpoint={workdir} '
+          f'--output={workdir.name}.safetensors') in summary
 
 
 def write_images(folder: pathlib.Path, names, size=(40, 50)):
@@ -77,6 +71,7 @@ def write_images(folder: pathlib.Path, names, size=(40, 50)):
     Image.fromarray(pixels).save(folder / f'{name}.png')
 
 
+@pytest.mark.slow
 def test_evaluate_logs_a_line_per_set(tmp_path):
   write_images(tmp_path / 'data' / 'Mini' / 'HR', ['a', 'b'])
   result = run(['-m', 'ipt_jax.evaluate', '--model=bicubic', '--tasks=sr_x2,sr_x3',
@@ -103,6 +98,7 @@ def test_evaluate_logs_a_line_now_and_then_during_a_long_set(tmp_path, monkeypat
       f'sr_x2 Mini: 3/3 images, PSNR {score.psnr:.2f} dB, ')
 
 
+@pytest.mark.slow
 def test_restore_logs_a_line_per_image_and_a_count(tmp_path):
   model = ipt.create('tiny', tasks=('sr_x2',))
   checkpoint.save_params(tmp_path / 'params', model, model.init_params(jax.random.key(0)))
@@ -145,6 +141,7 @@ assert batches['sr_x2']['hq'].shape == (2, 96, 96, 3)
 """
 
 
+@pytest.mark.slow
 def test_reading_a_png_with_a_bad_icc_profile_prints_no_libpng_warning(tmp_path):
   icc_png(tmp_path / 'icc.png')
   result = run(['-c', READ_ICC_PNG, str(tmp_path)], env=user_env(TF_CPP_MIN_LOG_LEVEL='0'))
@@ -177,19 +174,17 @@ cli.run(main)
 """
 
 
-@pytest.mark.parametrize('verbosity', [[], ['-v', '1']])
-def test_tensorflow_start_up_lines_only_with_verbosity(verbosity):
-  result = run(['-c', START_TENSORFLOW, *verbosity])
+@pytest.mark.slow
+def test_tensorflow_start_up_lines_with_verbosity():
+  # Without -v they are not shown: the trained run's log has none (test above).
+  result = run(['-c', START_TENSORFLOW, '-v', '1'])
   assert result.returncode == 0, result.stderr[-3000:]
-  start_up = lambda stderr: [l for l in stderr.splitlines() if quiet.TENSORFLOW_START_UP.search(l)]
-  shown = start_up(result.stderr)
-  if verbosity and not shown:
+  if not quiet.TENSORFLOW_START_UP.search(result.stderr):
     # Which lines TensorFlow writes at start-up depends on the CPU (oneDNN, AVX-512).
     raw = run(['-c', 'from ipt_jax.data import pipeline; pipeline.start_tensorflow()'],
               env=user_env(**{quiet.TF_LOG_LEVEL: quiet.JAX_TF_LOG_LEVEL}))
-    if not start_up(raw.stderr):
-      pytest.skip('TensorFlow writes no start-up lines at this log level on this CPU.')
-  assert bool(shown) == bool(verbosity), result.stderr
+    assert not quiet.TENSORFLOW_START_UP.search(raw.stderr), result.stderr
+    pytest.skip('TensorFlow writes no start-up lines at this log level on this CPU.')
 
 
 def absl_record(path: str, level: int) -> logging.LogRecord:

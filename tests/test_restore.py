@@ -4,8 +4,6 @@ inputs never overwritten."""
 import os
 import pathlib
 import struct
-import subprocess
-import sys
 import zlib
 
 import jax.numpy as jnp
@@ -13,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests.conftest import run_command
 from tests.conftest import shared_path
 from ipt_jax import errors
 from ipt_jax import files
@@ -21,7 +20,6 @@ from ipt_jax import restore
 from ipt_jax import weights
 
 TINY_PT = ('fixtures', 'official_ipt_tiny', 'state_dict.pt')
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -75,6 +73,7 @@ def restore_one(tmp_path, image_model, path, suffix='_out'):
     return image
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extension', ['jpg', 'png', 'bmp', 'webp'])
 def test_formats_give_rgb_png_at_the_scale(tmp_path, sr_x2, extension):
   path = tmp_path / f'photo.{extension}'
@@ -251,11 +250,10 @@ def test_cli_restores_the_good_images_and_exits_non_zero(tmp_path):
   pytest.importorskip('torch')
   Image.fromarray(random_pixels((20, 30, 3))).save(tmp_path / 'good.jpg')
   (tmp_path / 'bad.png').write_text('not an image')
-  result = subprocess.run(
-      [sys.executable, '-m', 'ipt_jax.restore', f'--checkpoint={shared_path(*TINY_PT)}',
-       '--num_heads=2', '--tasks=denoise_30', f'--output_dir={tmp_path / "out"}',
-       '--tile_batch=4', str(tmp_path / 'good.jpg'), str(tmp_path / 'bad.png'),
-       str(tmp_path / 'missing.webp')], capture_output=True, text=True, cwd=REPO)
+  result = run_command(
+      'restore', f'--checkpoint={shared_path(*TINY_PT)}', '--num_heads=2', '--tasks=denoise_30',
+      f'--output_dir={tmp_path / "out"}', '--tile_batch=4', str(tmp_path / 'good.jpg'),
+      str(tmp_path / 'bad.png'), str(tmp_path / 'missing.webp'))
   assert result.returncode == 1, result.stderr
   errors = result.stderr.strip().splitlines()
   assert f'error: {tmp_path / "bad.png"}: not an image' in result.stderr

@@ -26,6 +26,7 @@ def _bicubic_psnr(pairs, scale: int) -> float:
       for pair in pairs]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('set_name', sorted(BICUBIC_PSNR))
 def test_bicubic_baseline_matches_reference(set_name):
   root = shared_path('data', 'benchmark')
@@ -57,6 +58,7 @@ def test_generated_lr_is_matlab_bicubic_of_hr():
   assert np.abs(from_file.lq.astype(int) - pair.lq).mean() < 1.
 
 
+@pytest.mark.slow
 def test_denoise_inputs_are_seeded_and_not_rounded():
   root = shared_path('data', 'benchmark')
   pairs = testsets.load(root, 'CBSD68', 'denoise_30')
