@@ -8,8 +8,8 @@ from PIL import Image
 
 from ipt_jax import errors
 
-# Temporary files are `.<name>.<pid>.<_TMP>` beside their target until renamed.
-_TMP = 'ipt_jax-tmp'
+# Temporary files are `.<name>.<pid>.<TMP>` beside their target until renamed.
+TMP = 'ipt_jax-tmp'
 
 
 def absolute(path) -> epath.Path:
@@ -23,7 +23,7 @@ def absolute(path) -> epath.Path:
 def write_atomically(path, write: Callable[[str], None]):
   """Calls write(temporary path) beside `path`, then renames it to `path`: never half-written."""
   path = pathlib.Path(path)
-  temporary = path.with_name(f'.{path.name}.{os.getpid()}.{_TMP}')
+  temporary = path.with_name(f'.{path.name}.{os.getpid()}.{TMP}')
   try:
     write(os.fspath(temporary))
     os.replace(temporary, path)
@@ -47,14 +47,15 @@ def prepare_output_dir(directory) -> pathlib.Path:
                             'choose another.') from e
   if not os.access(directory, os.W_OK | os.X_OK):
     raise errors.InputError(f'{directory}: the output folder is not writable; choose another.')
-  for temporary in directory.glob(f'.*.{_TMP}'):
+  for temporary in directory.glob(f'.*.{TMP}'):
     pid = temporary.name.split('.')[-2]
-    if not (pid.isdigit() and _is_running(int(pid))):
+    if not (pid.isdigit() and is_running(int(pid))):
       temporary.unlink(missing_ok=True)
   return directory
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+  """Whether process `pid` exists on this host."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from ipt_jax import checkpoint
+from ipt_jax import claim
 from ipt_jax import errors
 from ipt_jax import losses
 from ipt_jax import metrics as metrics_lib
@@ -206,7 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains `model` (default: `build_model(config)`) and returns the final state.
 
   Resumes from the newest readable checkpoint in <workdir>/checkpoints. `init_params`
-  (fine-tuning) are only used when there is no checkpoint yet.
+  (fine-tuning) are only used when there is no checkpoint yet. One run at a time per
+  workdir (`claim`).
   """
   started = time.perf_counter()
   # TensorFlow (input pipeline, TensorBoard) is imported here only, so that the model and
@@ -260,6 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   batches = pipeline.make_train_iterator(config.data, seed=config.seed, start_step=start,
                                          process_index=jax.process_index(),
                                          process_count=jax.process_count())
+  # Before anything is written there: a second run on the workdir refuses here.
+  workdir_claim = claim.Claim(workdir)
   # TensorBoard events, from process 0; the log gets the `progress` lines instead of clu's.
   writer = metric_writers.AsyncMultiWriter(
       [metric_writers.SummaryWriter(workdir)] if jax.process_index() == 0 else [])
@@ -327,6 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.close()
     writer.flush()
     bar.close()
+    workdir_claim.release()
   if jax.process_index() == 0:
     print(progress.training_summary(
         tasks=model.tasks, first_step=start, step=step, total=steps,
