@@ -8,6 +8,7 @@ enough to rebuild the model:
 A training run's `<workdir>/checkpoints/<step>` directories have this layout too, plus
 <step>/train (step and optimiser state).
 """
+import contextlib
 import signal
 
 from absl import logging
@@ -118,18 +119,55 @@ class TrainCheckpoints:
             # Every `every` steps (and when forced: at the end, on pre-emption), no more.
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
             # The directory is made by the first save: a run that fails to start leaves none.
-            max_to_keep=keep, enable_async_checkpointing=True, create=False),
+            max_to_keep=keep, enable_async_checkpointing=True, create=False,
+            # A save that did not finish (a full disk, a killed run) is a temporary folder.
+            cleanup_tmp_directories=True),
         item_names=(PARAMS, MODEL, TRAIN))
 
   def save(self, step: int, state, *, force: bool = False) -> bool:
     """Starts saving `state` (a train.TrainState) as `step` when due or forced."""
     if not (force or self._manager.should_save(step)):
       return False
-    self._write_manifests()  # Of the earlier saves, now that they have committed.
-    return self._manager.save(step, force=force, args=ocp.args.Composite(**{
-        PARAMS: ocp.args.StandardSave(state.params),
-        MODEL: ocp.args.JsonSave(self._model_config),
-        TRAIN: ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state})}))
+    with self._disk_full_is_one_line():
+      self._write_manifests()  # Of the earlier saves, now that they have committed.
+      self._check_space(step, state)
+      return self._manager.save(step, force=force, args=ocp.args.Composite(**{
+          PARAMS: ocp.args.StandardSave(state.params),
+          MODEL: ocp.args.JsonSave(self._model_config),
+          TRAIN: ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state})}))
+
+  def _check_space(self, step: int, state):
+    """Refuses to start a save that a local disk cannot hold (one process): a disk that
+    fills up during a save is reported by orbax's and TensorStore's threads at length."""
+    if jax.process_count() > 1:
+      return
+    need = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
+    try:
+      files.check_space(self._manager.directory, need, f'the checkpoint of step {step}')
+    except errors.DiskFullError as e:
+      raise self._disk_full_error(str(e)) from None
+
+  @contextlib.contextmanager
+  def _disk_full_is_one_line(self):
+    """A full disk during a save (here or in orbax's background threads, reported at the next
+    wait) becomes a DiskFullError; the unfinished step is a temporary folder that the next
+    run removes."""
+    try:
+      yield
+    except errors.DiskFullError:
+      raise
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      if not files.is_disk_full(e):
+        raise
+      raise self._disk_full_error('the disk filled up during a save') from None
+
+  def _disk_full_error(self, why: str) -> errors.DiskFullError:
+    self._manager.reload()
+    steps = self._manager.all_steps()
+    newest = f'the newest intact step is {max(steps)}' if steps else 'no step is saved yet'
+    return errors.DiskFullError(
+        f'{self._manager.directory}: not enough disk space: {why}; {newest}. Free some space '
+        '(or lower --config.keep_checkpoints) and run the same command again to resume.')
 
   def _write_manifests(self):
     """Checksums for every committed step that has none yet (waits for a pending save)."""
@@ -191,7 +229,8 @@ class TrainCheckpoints:
 
   def close(self):
     """Waits for pending saves, writes their checksums and releases the manager."""
-    self._write_manifests()
+    with self._disk_full_is_one_line():
+      self._write_manifests()
     self._manager.close()
 
 

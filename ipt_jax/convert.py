@@ -14,6 +14,7 @@ import pathlib
 
 from absl import flags
 from etils import epath
+import jax
 
 from ipt_jax import checkpoint
 from ipt_jax import cli
@@ -22,6 +23,8 @@ from ipt_jax import files
 from ipt_jax import torch_layout
 from ipt_jax import weights
 from ipt_jax.models import ipt
+
+_FREE_SOME_SPACE = 'Free some space or choose another output.'
 
 CHECKPOINT = cli.checkpoint_flags()
 OUTPUT = cli.output_flag()
@@ -36,11 +39,24 @@ def convert(checkpoint_path, output_path, *, checkpoint_tasks: Sequence[str] | N
     files.prepare_output_dir(pathlib.Path(output_path).parent)
   model, params = weights.load(checkpoint_path, checkpoint_tasks=checkpoint_tasks,
                                num_heads=num_heads)
-  if epath.Path(output_path).suffix in torch_layout.SUFFIXES:
-    torch_layout.write_state_dict(torch_layout.to_torch(params, model, as_numpy=True),
-                                  output_path, torch_layout.metadata(model))
-  else:
-    checkpoint.save_params(output_path, model, params)
+  try:
+    files.check_space(output_path, sum(x.nbytes for x in jax.tree.leaves(params)),
+                      f'{output_path}: the converted checkpoint')
+    if epath.Path(output_path).suffix in torch_layout.SUFFIXES:
+      torch_layout.write_state_dict(torch_layout.to_torch(params, model, as_numpy=True),
+                                    output_path, torch_layout.metadata(model))
+    else:
+      checkpoint.save_params(output_path, model, params)
+  except errors.DiskFullError as e:
+    raise errors.DiskFullError(f'{e}; nothing was written. {_FREE_SOME_SPACE}') from None
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if not files.is_disk_full(e):
+      raise
+    # What a params save had written so far is orbax's temporary folder.
+    for partial in epath.Path(output_path).parent.glob(f'{epath.Path(output_path).name}.orbax-*'):
+      partial.rmtree()
+    raise errors.DiskFullError(f'{output_path}: the disk filled up while it was written; '
+                               f'nothing was written. {_FREE_SOME_SPACE}') from None
   return model
 
 

@@ -13,3 +13,7 @@ class InputError(ValueError):
 class FlagError(InputError):
   """A command-line flag is missing, malformed or conflicts with another (exit status 2)."""
   exit_code = 2
+
+
+class DiskFullError(InputError):
+  """Not enough disk space for what a command writes."""

@@ -1,6 +1,8 @@
 """Paths as users give them; files written whole or not at all, into folders checked first."""
 from collections.abc import Callable
+import errno
 import os
+import shutil
 import pathlib
 
 from etils import epath
@@ -8,6 +10,10 @@ from PIL import Image
 
 from ipt_jax import errors
 
+# What the operating system says of a full disk.
+NO_SPACE = os.strerror(errno.ENOSPC)
+# Room left beside what is written: its small files (model config, checksums, metadata).
+_SPACE_MARGIN_BYTES = 1_000_000
 # Temporary files are `.<name>.<pid>.<TMP>` beside their target until renamed.
 TMP = 'ipt_jax-tmp'
 
@@ -63,3 +69,31 @@ def is_running(pid: int) -> bool:
   except PermissionError:  # Someone else's process.
     return True
   return True
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from, is 'No space left on device'."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or NO_SPACE in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def free_bytes(path) -> int | None:
+  """Free space of the local disk that holds `path` (or would: its nearest existing folder);
+  None for URLs."""
+  if '://' in os.fspath(path):
+    return None
+  path = pathlib.Path(absolute(path))
+  existing = next(p for p in (path, *path.parents) if p.exists())
+  return shutil.disk_usage(existing).free
+
+
+def check_space(path, need_bytes: int, what: str):
+  """An InputError unless the local disk holding `path` has room for `need_bytes` (and a
+  margin); `what` names what needs it, e.g. 'the checkpoint of step 4'."""
+  free = free_bytes(path)
+  if free is not None and free < 1.1 * need_bytes + _SPACE_MARGIN_BYTES:
+    raise errors.DiskFullError(f'{what} needs about {need_bytes / 1e6:.1f} MB and the disk has '
+                               f'{free / 1e6:.1f} MB free')

@@ -1,0 +1,71 @@
+"""A disk that fills up: a training save that cannot fit is refused in one line naming the
+newest intact step, nothing partial is left, and once space is freed the same command
+resumes; convert says it in one line and writes nothing. Uses a 9 MB tmpfs (root only;
+skipped elsewhere)."""
+import os
+import subprocess
+
+import jax
+import pytest
+
+from ipt_jax import checkpoint
+from ipt_jax.models import ipt
+from tests.conftest import run_command
+
+# A tiny one-task model: a training checkpoint takes 4.6 MB, so 9 MB hold one.
+TRAIN = ('--config=configs/quickstart.py', "--config.data.tasks=('sr_x2',)",
+         '--config.data.batch_size=2', '--config.eval.num_examples=2', '--config.total_steps=6',
+         '--config.checkpoint_every=2', '--config.log_every=2', '--config.eval_every=100')
+
+
+def resize(disk, size):
+  subprocess.run(['mount', '-o', f'remount,size={size}', str(disk)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=9m', 'tmpfs', str(disk)],
+                           capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f'cannot mount a tmpfs here (root only): {mounted.stderr.strip()}')
+  yield disk
+  subprocess.run(['umount', str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_training_in_one_line_and_a_rerun_resumes(small_disk):
+  workdir = small_disk / 'run'
+  result = run_command('main', *TRAIN, f'--workdir={workdir}')
+  assert result.returncode == 1
+  assert result.stderr.startswith(
+      f'error: {workdir}/checkpoints: not enough disk space: the checkpoint of step 4 needs '
+      'about 4.6 MB and the disk has ')
+  assert result.stderr.endswith('; the newest intact step is 2. Free some space (or lower '
+                                '--config.keep_checkpoints) and run the same command again '
+                                'to resume.\n')
+  assert len(result.stderr.splitlines()) == 1
+  assert os.listdir(workdir / 'checkpoints') == ['2']  # Nothing partial.
+  assert 'claim.json' not in os.listdir(workdir)
+
+  resize(small_disk, '30m')
+  result = run_command('main', *TRAIN, f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('Training done: steps 2 to 6 of 6 in ')
+  assert sorted(int(p.name) for p in checkpoint.step_dirs(workdir / 'checkpoints')) == [2, 4, 6]
+
+
+@pytest.mark.parametrize('output', ['model.pt', 'params'])
+def test_convert_to_a_full_disk_is_one_line_and_writes_nothing(small_disk, tmp_path, output):
+  model = ipt.create('tiny', tasks=('sr_x2',))
+  checkpoint.save_params(tmp_path / 'tiny', model, model.init_params(jax.random.key(0)))
+  (small_disk / 'filler').write_bytes(bytes(8_500_000))
+  result = run_command('convert', f'--checkpoint={tmp_path / "tiny"}',
+                       f'--output={small_disk / output}')
+  assert result.returncode == 1
+  assert result.stderr.startswith(f'error: {small_disk / output}: the converted checkpoint needs '
+                                  'about 1.5 MB and the disk has ')
+  assert result.stderr.endswith(' MB free; nothing was written. Free some space or choose '
+                                'another output.\n')
+  assert os.listdir(small_disk) == ['filler']
