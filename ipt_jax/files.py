@@ -27,12 +27,18 @@ def absolute(path) -> epath.Path:
 
 
 def write_atomically(path, write: Callable[[str], None]):
-  """Calls write(temporary path) beside `path`, then renames it to `path`: never half-written."""
+  """Calls write(temporary path) beside `path`, then renames it to `path`: never half-written.
+  A full disk is a DiskFullError."""
   path = pathlib.Path(path)
   temporary = path.with_name(f'.{path.name}.{os.getpid()}.{TMP}')
   try:
     write(os.fspath(temporary))
     os.replace(temporary, path)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if not is_disk_full(e):
+      raise
+    raise errors.DiskFullError(f'{path}: the disk is full, so it was not written; free some '
+                               'space or choose another output folder.') from None
   finally:
     temporary.unlink(missing_ok=True)
 

@@ -1,11 +1,13 @@
 """A disk that fills up: a training save that cannot fit is refused in one line naming the
 newest intact step, nothing partial is left, and once space is freed the same command
-resumes; convert says it in one line and writes nothing. Uses a 9 MB tmpfs (root only;
+resumes; convert and evaluate say it in one line and write nothing half-way. Uses a 9 MB tmpfs (root only;
 skipped elsewhere)."""
 import os
 import subprocess
 
 import jax
+import numpy as np
+from PIL import Image
 import pytest
 
 from ipt_jax import checkpoint
@@ -69,3 +71,20 @@ def test_convert_to_a_full_disk_is_one_line_and_writes_nothing(small_disk, tmp_p
   assert result.stderr.endswith(' MB free; nothing was written. Free some space or choose '
                                 'another output.\n')
   assert os.listdir(small_disk) == ['filler']
+
+
+def test_evaluate_images_onto_a_full_disk_are_one_line_each_and_not_half_written(small_disk,
+                                                                                 tmp_path):
+  hr = tmp_path / 'data' / 'Mini' / 'HR'
+  hr.mkdir(parents=True)
+  noise = np.random.default_rng(0).integers(0, 256, (240, 240, 3), np.uint8)
+  Image.fromarray(noise).save(hr / 'a.png')  # Its output PNG: about 170 kB.
+  (small_disk / 'filler').write_bytes(bytes(9 * 2**20 - 40_000))  # Room for results.json.
+  result = run_command('evaluate', '--model=bicubic', '--tasks=sr_x2',
+                       f'--data_dir={tmp_path / "data"}', '--sets=Mini', '--save_images',
+                       f'--output_dir={small_disk / "out"}')
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[0] == (
+      f'error: Mini a: {small_disk}/out/sr_x2/Mini/a.png: the disk is full, so it was not '
+      'written; free some space or choose another output folder.')
+  assert os.listdir(small_disk / 'out' / 'sr_x2' / 'Mini') == []
