@@ -29,7 +29,6 @@ def data_config() -> ml_collections.ConfigDict:
   data.tasks = PRETRAIN_TASKS
   data.task_weights = ()
   data.batch_size = 256  # Global: summed over hosts.
-  data.patch_size = 48  # The model's input size (checked against the model at start-up).
   # Crops cut from each decoded image: officially one per image and epoch (docs/recipe.md);
   # more amortise decoding but put several crops of one image in a contrastive group.
   data.crops_per_image = 1

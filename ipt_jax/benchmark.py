@@ -381,10 +381,12 @@ def input_throughput(source: str, *, batch_size: int, steps: int, warmup_steps: 
   """
   from ipt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  config = _config().data.copy_and_resolve_references()
-  config.source = source
-  config.batch_size = batch_size
-  batches = pipeline.make_train_iterator(config, seed=seed)
+  config = _config()
+  data = config.data.copy_and_resolve_references()
+  data.source = source
+  data.batch_size = batch_size
+  batches = pipeline.make_train_iterator(data, patch_size=train.build_model(config).patch_size,
+                                         seed=seed)
   for _ in range(warmup_steps):
     next(batches)
   wall, cpu = time.perf_counter(), time.process_time()

@@ -230,10 +230,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise errors.InputError(
         f'data.tasks is {data_tasks} but the model\'s tasks are {model.tasks}; list the same '
         'tasks in the same order.')
-  if config.data.patch_size != model.patch_size:
-    raise errors.InputError(
-        f'data.patch_size is {config.data.patch_size} but the model takes {model.patch_size}x'
-        f'{model.patch_size} inputs; set --config.data.patch_size={model.patch_size}.')
   mesh = parallel.make_mesh(config.mesh.fsdp)
   parallel.check_batch_size(config.data.batch_size, mesh)
   steps = optimizer.total_steps(config)
@@ -241,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = optimizer.make(config, model, schedule)
   abstract_state = abstract_train_state(model, tx, config, init_params)
   # Held-out data first: a bad val_source fails before anything is read or written.
-  eval_batches = pipeline.make_eval_batches(config.data, num_examples=config.eval.num_examples,
+  eval_batches = pipeline.make_eval_batches(config.data, patch_size=model.patch_size,
+                                            num_examples=config.eval.num_examples,
                                             seed=config.seed)
   baseline = baseline_psnr(model.tasks, eval_batches)
   logging.info('Validation on %d held-out crops per task from %s; Y-PSNR of the baseline (%s): '
@@ -259,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                f'{ipt.count_params(state.params):,}')
 
   # The training images are opened before anything is written: a bad source leaves no workdir.
-  batches = pipeline.make_train_iterator(config.data, seed=config.seed, start_step=start,
+  batches = pipeline.make_train_iterator(config.data, patch_size=model.patch_size,
+                                         seed=config.seed, start_step=start,
                                          process_index=jax.process_index(),
                                          process_count=jax.process_count())
   # Before anything is written there: a second run on the workdir refuses here.

@@ -13,6 +13,8 @@ from ipt_jax import tasks
 from ipt_jax.data import degrade
 from ipt_jax.data import pipeline
 
+PATCH = 48  # The input size of the models trained on these batches (model.patch_size).
+
 
 @pytest.fixture(scope='module')
 def jpeg_folder(tmp_path_factory):
@@ -45,7 +47,7 @@ def _config(folder, **overrides):
 
 
 def _take(config, steps: int, **kwargs) -> list[dict]:
-  return list(itertools.islice(pipeline.make_train_iterator(config, **kwargs), steps))
+  return list(itertools.islice(pipeline.make_train_iterator(config, patch_size=PATCH, **kwargs), steps))
 
 
 @pytest.mark.slow
@@ -152,7 +154,8 @@ def test_batch_size_must_divide_over_hosts(jpeg_folder):
   with pytest.raises(ValueError, match=message):
     pipeline.host_batch_size(10, 4)
   with pytest.raises(ValueError, match=message):
-    pipeline.make_train_iterator(_config(jpeg_folder, batch_size=5), seed=0, process_count=2)
+    pipeline.make_train_iterator(_config(jpeg_folder, batch_size=5), patch_size=PATCH,
+                                 seed=0, process_count=2)
 
 
 @pytest.mark.parametrize('overrides,message', [
@@ -167,14 +170,14 @@ def test_bad_config_errors(jpeg_folder, overrides, message):
   for key, value in overrides.items():
     config[key] = value
   with pytest.raises(ValueError, match=message):
-    pipeline.make_train_iterator(config, seed=0)
+    pipeline.make_train_iterator(config, patch_size=PATCH, seed=0)
 
 
 def test_eval_batches_are_fixed():
   config = pretrain.data_config()
   config.val_source = 'samples:validation'  # Held-out samples (chelsea, rocket).
-  batches = pipeline.make_eval_batches(config, num_examples=3, seed=0)
-  again = pipeline.make_eval_batches(config, num_examples=3, seed=0)
+  batches = pipeline.make_eval_batches(config, patch_size=PATCH, num_examples=3, seed=0)
+  again = pipeline.make_eval_batches(config, patch_size=PATCH, num_examples=3, seed=0)
   assert list(batches) == list(config.tasks)
   for name, pair in batches.items():
     scale = tasks.get(name).scale
@@ -188,15 +191,16 @@ def test_eval_batches_are_fixed():
 def test_tfds_imagenet_pipeline_mocked():
   config = pretrain.data_config()
   config.update(source='tfds:imagenet2012', val_source='tfds:imagenet2012:validation',
-                data_dir='/unused', tasks=('sr_x2', 'denoise_30'), patch_size=8,
+                data_dir='/unused', tasks=('sr_x2', 'denoise_30'),
                 batch_size=4, crops_per_image=2, shuffle_buffer=8)
   # Random JPEGs of 1-50 px; 6 per epoch, so 8 steps of 4 examples span 3 epochs.
   with tfds.testing.mock_data(num_examples=6):
-    iterator = pipeline.make_train_iterator(config, seed=0)
+    iterator = pipeline.make_train_iterator(config, patch_size=8, seed=0)
     batches = list(itertools.islice(iterator, 8))
-    resumed = list(itertools.islice(pipeline.make_train_iterator(config, seed=0, start_step=5),
+    resumed = list(itertools.islice(pipeline.make_train_iterator(config, patch_size=8, seed=0,
+                                                                 start_step=5),
                                     3))
-    eval_batches = pipeline.make_eval_batches(config, num_examples=2)
+    eval_batches = pipeline.make_eval_batches(config, patch_size=8, num_examples=2)
   for batch in batches:
     scale = (2, 1)[batch['task']]
     assert batch['lq'].shape == (4, 8, 8, 3)

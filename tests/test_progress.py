@@ -136,7 +136,7 @@ tf.io.decode_png(tf.io.read_file(folder + '/icc.png'))
 print('pipeline', file=sys.stderr, flush=True)
 config = quickstart.get_config().data
 config.val_source, config.tasks = 'folder:' + folder, ('sr_x2',)
-batches = pipeline.make_eval_batches(config, num_examples=2)
+batches = pipeline.make_eval_batches(config, patch_size=48, num_examples=2)
 assert batches['sr_x2']['hq'].shape == (2, 96, 96, 3)
 """
 

@@ -71,7 +71,7 @@ def _config(source, **overrides):
 
 
 def _take(config, steps: int, **kwargs) -> list[dict]:
-  return list(itertools.islice(pipeline.make_train_iterator(config, **kwargs), steps))
+  return list(itertools.islice(pipeline.make_train_iterator(config, patch_size=PATCH, **kwargs), steps))
 
 
 def _windows(image: np.ndarray, size: int) -> np.ndarray:
@@ -124,7 +124,7 @@ def test_streaks_are_clipped_and_resume_exactly(streak_folder):
   lq, hq = uninterrupted[0]['lq'], uninterrupted[0]['hq']
   assert (lq >= hq).all() and lq.max() <= 255 and (lq > hq).any()
   eval_config = _config('samples', val_source='samples:validation', rain_streaks=str(folder))
-  eval_batch = pipeline.make_eval_batches(eval_config, num_examples=2)['derain']
+  eval_batch = pipeline.make_eval_batches(eval_config, patch_size=PATCH, num_examples=2)['derain']
   assert eval_batch['lq'].shape == (2, PATCH, PATCH, 3)
 
 
@@ -132,7 +132,7 @@ def test_streak_folder_errors(tmp_path, colour_folder):
   def fails(folder, message):
     config = _config(f'folder:{colour_folder}', rain_streaks=str(folder))
     with pytest.raises(ValueError, match=message):
-      pipeline.make_train_iterator(config, seed=0)
+      pipeline.make_train_iterator(config, patch_size=PATCH, seed=0)
 
   fails(tmp_path / 'missing', 'Rain streak folder .* does not exist or is not a folder')
   fails(tmp_path, r'Rain streak folder .* has no .jpg/.jpeg/.png/.bmp/.webp files')
@@ -145,7 +145,8 @@ def test_streak_folder_errors(tmp_path, colour_folder):
 
 def test_pairs_give_one_window_and_symmetry_on_both_sides(pairs_folder):
   folder, cleans = pairs_folder
-  iterator = pipeline.make_train_iterator(_config(f'pairs:{folder}'), seed=0)
+  iterator = pipeline.make_train_iterator(_config(f'pairs:{folder}'), patch_size=PATCH,
+                                          seed=0)
   assert iterator.source_stats() == sources.SourceStats(files=5, usable=4, unreadable=1)
   windows = np.concatenate([_windows(s, PATCH) for c in cleans.values() for s in _symmetries(c)])
   for batch in itertools.islice(iterator, 4):
@@ -171,7 +172,7 @@ def test_pairs_resume_exactly_and_evaluate_on_the_rain100l_layout(tmp_path, pair
     Image.fromarray(clean).save(tmp_path / f'norain-{i}.png')
     Image.fromarray(clean + RAIN_OFFSET).save(tmp_path / 'rainy' / f'rain-{i}.png')
   config.val_source = f'pairs:{tmp_path}'
-  pair = pipeline.make_eval_batches(config, num_examples=3)['derain']
+  pair = pipeline.make_eval_batches(config, patch_size=PATCH, num_examples=3)['derain']
   np.testing.assert_array_equal(pair['lq'] - pair['hq'], RAIN_OFFSET)
 
 
@@ -180,10 +181,11 @@ def test_pairs_are_for_deraining_only(pairs_folder, tmp_path):
   config = _config(f'pairs:{folder}', tasks=('derain', 'denoise_30'))
   with pytest.raises(ValueError, match=r"only the derain task can use, but the tasks include "
                      r"\['denoise_30'\]"):
-    pipeline.make_train_iterator(config, seed=0)
+    pipeline.make_train_iterator(config, patch_size=PATCH, seed=0)
   with pytest.raises(ValueError, match='only the derain task'):
     pipeline.make_eval_batches(_config('samples', val_source=f'pairs:{folder}',
-                                       tasks=('sr_x2',)), num_examples=1)
+                                       tasks=('sr_x2',)), patch_size=PATCH,
+                               num_examples=1)
   with pytest.raises(ValueError, match='No rain-XXX.png files under'):
     sources.open_source(f'pairs:{tmp_path}', min_size=PATCH)
   with pytest.raises(ValueError, match='Pair folder .* does not exist'):

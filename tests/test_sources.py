@@ -72,7 +72,7 @@ def test_folder_conversions_skips_and_counts(mixed_folder):
   config.tasks = ('denoise_30',)
   config.crops_per_image = 1
   # One crop per image, as large as the image: every usable file decoded whole.
-  decoded = pipeline.make_eval_batches(config, num_examples=8)['denoise_30']['hq']
+  decoded = pipeline.make_eval_batches(config, patch_size=SIZE, num_examples=8)['denoise_30']['hq']
   for name, image in expected.items():
     errors = [np.abs(d.astype(int) - image).max() for d in decoded]
     tolerance = 8 if name == 'photo' else 0

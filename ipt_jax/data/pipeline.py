@@ -96,9 +96,11 @@ class TrainIterator:
     return self._source.stats()
 
 
-def make_train_iterator(config: ml_collections.ConfigDict, *, seed: int, start_step: int = 0,
-                        process_index: int = 0, process_count: int = 1) -> TrainIterator:
-  """Training batches of this host from `start_step` on, forever.
+def make_train_iterator(config: ml_collections.ConfigDict, *, patch_size: int, seed: int,
+                        start_step: int = 0, process_index: int = 0,
+                        process_count: int = 1) -> TrainIterator:
+  """Training batches of this host from `start_step` on, forever, for a model that takes
+  `patch_size` x `patch_size` inputs (`model.patch_size`).
 
   Yields {'lq': float32 [b, p, p, 3], 'hq': uint8 [b, p*s, p*s, 3],
   'image_id': int32 [b], 'task': int}, with b = host_batch_size(config.batch_size,
@@ -112,9 +114,9 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, seed: int, start_s
                      f'{start_step}.')
   task_list, weights = _tasks_and_weights(config)
   _check_pairs(config.source, task_list)
-  rain = _rain(config)
+  rain = _rain(config, patch_size)
   batch = host_batch_size(config.batch_size, process_count)
-  crop, count = _largest_crop(config, task_list), config.crops_per_image
+  crop, count = _largest_crop(task_list, patch_size), config.crops_per_image
   source = sources.open_source(
       config.source, min_size=crop, data_dir=config.data_dir, image_key=config.image_key,
       shuffle_buffer=config.shuffle_buffer, process_index=process_index,
@@ -126,7 +128,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, seed: int, start_s
   steps = tf.data.Dataset.range(start_step, _FOREVER)
   make_batch = functools.partial(
       _make_batch, task_list=task_list, weights=weights, seed=seed, host=process_index,
-      patch=config.patch_size, rain=rain)
+      patch=patch_size, rain=rain)
   ds = tf.data.Dataset.zip(steps, crops).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
   return TrainIterator(ds, source)
@@ -139,9 +141,10 @@ def start_tensorflow():
   tf.transpose(tf.zeros([1, 1, 1, 1], tf.uint8), [0, 2, 1, 3])
 
 
-def make_eval_batches(config: ml_collections.ConfigDict, *, num_examples: int,
+def make_eval_batches(config: ml_collections.ConfigDict, *, patch_size: int, num_examples: int,
                       seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-  """Fixed held-out pairs for each task, from `config.val_source`.
+  """Fixed held-out pairs for each task, from `config.val_source`, for a model that takes
+  `patch_size` x `patch_size` inputs.
 
   Returns {task name: {'lq': float32 [n, p, p, 3], 'hq': uint8 [n, p*s, p*s, 3]}}
   with n = num_examples: crops of the validation images (cycled as needed),
@@ -152,8 +155,8 @@ def make_eval_batches(config: ml_collections.ConfigDict, *, num_examples: int,
     raise errors.InputError(f'num_examples must be positive, got {num_examples}.')
   task_list, _ = _tasks_and_weights(config)
   _check_pairs(config.val_source, task_list)
-  rain = _rain(config)
-  crop, count = _largest_crop(config, task_list), config.crops_per_image
+  rain = _rain(config, patch_size)
+  crop, count = _largest_crop(task_list, patch_size), config.crops_per_image
   # No shuffle buffer: the first validation records (TFDS shuffled them when preparing).
   source = sources.open_source(config.val_source, min_size=crop, data_dir=config.data_dir,
                                image_key=config.image_key, shuffle_buffer=1)
@@ -163,7 +166,7 @@ def make_eval_batches(config: ml_collections.ConfigDict, *, num_examples: int,
   batches = {}
   for index, task in enumerate(task_list):
     lq, hq = _degrade_for_task(crops, _key(seed, _EVAL, index), task,
-                               patch=config.patch_size, rain=rain)
+                               patch=patch_size, rain=rain)
     batches[task.name] = {'lq': lq.numpy(), 'hq': hq.numpy()}
   return batches
 
@@ -182,20 +185,22 @@ def _tasks_and_weights(
   if weights.shape != (len(task_list),) or (weights < 0).any() or weights.sum() <= 0:
     raise errors.InputError(f'task_weights {tuple(config.task_weights)} must be empty or have one '
                             f'non-negative weight per task of {tuple(config.tasks)}, not all zero.')
-  for name, value in (('patch_size', config.patch_size),
-                      ('crops_per_image', config.crops_per_image),
+  for name, value in (('crops_per_image', config.crops_per_image),
                       ('shuffle_buffer', config.shuffle_buffer)):
     if value < 1:
       raise errors.InputError(f'{name} must be positive, got {value}.')
   return task_list, weights
 
 
-def _largest_crop(config: ml_collections.ConfigDict, task_list) -> int:
+def _largest_crop(task_list, patch_size: int) -> int:
   """The side of the largest clean crop any task needs; smaller images are skipped."""
-  return config.patch_size * max(task.scale for task in task_list)
+  if patch_size < 1:
+    raise errors.InputError(f'patch_size must be positive, got {patch_size}.')
+  return patch_size * max(task.scale for task in task_list)
 
 
-def _rain(config: ml_collections.ConfigDict) -> degrade.RainConfig | degrade.StreakLayers:
+def _rain(config: ml_collections.ConfigDict,
+          patch_size: int) -> degrade.RainConfig | degrade.StreakLayers:
   """How derain inputs get their rain: the streak images of `rain_streaks` when set,
   otherwise streaks synthesised with the ranges of `rain`."""
   fields = {f.name for f in dataclasses.fields(degrade.RainConfig)}
@@ -205,7 +210,7 @@ def _rain(config: ml_collections.ConfigDict) -> degrade.RainConfig | degrade.Str
   procedural = degrade.RainConfig(**{k: tuple(v) for k, v in config.rain.items() if v is not None})
   if config.get('rain_streaks') is None:
     return procedural
-  return sources.load_streak_layers(config.rain_streaks, min_size=config.patch_size)
+  return sources.load_streak_layers(config.rain_streaks, min_size=patch_size)
 
 
 def _check_pairs(spec: str, task_list) -> None:
