@@ -79,6 +79,8 @@ def _take(path: epath.Path, mine: dict) -> str:
       return ''
     holder, age = _read(path), _age_seconds(path)
     stale = _why_stale(holder, age)
+    if not stale and not _is_claim(holder):
+      return f'{path}: another run is claiming this workdir at this moment; check what runs on it.'
     if not stale:
       return (f'{path.parent} is in use by process {holder["pid"]} on {holder["host"]} since '
               f'{holder["since"]} (its claim {path} was renewed {age:.0f} s ago). Two runs on '
@@ -92,7 +94,7 @@ def _take(path: epath.Path, mine: dict) -> str:
 
 def _why_stale(holder: dict | None, age: float) -> str:
   """Why the claim of `holder`, renewed `age` seconds ago, no longer holds; '' if it does."""
-  if not isinstance(holder, dict) or not {'host', 'pid', 'since'} <= holder.keys():
+  if not _is_claim(holder):
     return 'it is unreadable' if age > RENEW_SECONDS else ''  # Else: being written now.
   if holder['host'] == socket.gethostname():
     running = isinstance(holder['pid'], int) and files.is_running(holder['pid'])
@@ -100,6 +102,10 @@ def _why_stale(holder: dict | None, age: float) -> str:
   if age > STALE_SECONDS:
     return f'{holder["host"]} has not renewed it for {age / 60:.0f} minutes'
   return ''
+
+
+def _is_claim(holder) -> bool:
+  return isinstance(holder, dict) and {'host', 'pid', 'since'} <= holder.keys()
 
 
 def _create_exclusively(path: epath.Path, text: str) -> bool:

@@ -82,3 +82,17 @@ def test_a_stale_claim_is_taken_over_with_a_warning(tmp_path, monkeypatch, holde
                       f'{why.format(pid=pid)}']
   assert json.loads((tmp_path / claim.FILE).read_text())['pid'] == os.getpid()
   held.release()
+
+
+@pytest.mark.parametrize('age,taken', [(5, False), (120, True)])
+def test_an_unreadable_claim_is_being_written_when_young_and_stale_when_old(tmp_path, age,
+                                                                            taken):
+  path = tmp_path / claim.FILE
+  path.write_text('{"host": ')
+  os.utime(path, (time.time() - age,) * 2)
+  if taken:
+    claim.Claim(tmp_path).release()
+  else:
+    with pytest.raises(claim.WorkdirInUseError, match='another run is claiming this workdir at '
+                                                      'this moment'):
+      claim.Claim(tmp_path)
