@@ -21,9 +21,11 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # default's (within float32 rounding): processes compared bitwise must all inherit it.
 os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''),
                                     '--xla_backend_optimization_level=0']).strip()
-# Tests (and the programs they start) compile the same small models many times: reuse them.
+# Tests (and the programs they start) compile the same small models many times: reuse them,
+# the quick ones too.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       str(pathlib.Path(__file__).resolve().parents[1] / '.cache' / 'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'

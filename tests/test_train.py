@@ -33,8 +33,18 @@ class Trainer:
     self.schedule = optimizer.learning_rate(config, 100)
     self.tx = optimizer.make(config, self.model, self.schedule)
     self.state = train.create_train_state(self.model, self.tx, self.mesh, config, params=params)
+    abstract_state = jax.eval_shape(lambda s: s, self.state)
     self.steps = train.make_train_steps(self.model, self.tx, self.schedule, config, self.mesh,
-                                        jax.eval_shape(lambda s: s, self.state))
+                                        abstract_state)
+    self._shardings = train.state_shardings(self.mesh, abstract_state, config)
+    self._initial = jax.device_get(self.state)
+
+  def restart(self, params=None):
+    """Back to step 0 (with `params`, if given), keeping the compiled steps: Adam's initial
+    state is zeros whatever the parameters."""
+    initial = self._initial if params is None else self._initial.replace(params=params)
+    self.state = jax.device_put(initial, self._shardings)
+    return self
 
   def step(self, task, batch):
     self.state, metrics = self.steps[task](self.state, parallel.global_batch(self.mesh, batch))
@@ -62,6 +72,12 @@ def trainer():
   config = small_config()
   config.optimizer.per_task_state = True
   return Trainer(config)
+
+
+@pytest.fixture(scope='module')
+def official_trainer():
+  """One Adam state for all tasks, the official default; each test restarts it."""
+  return Trainer(small_config())
 
 
 def _adam(state, group):
@@ -97,8 +113,8 @@ def test_only_the_steps_task_and_the_body_are_updated(trainer):
 
 
 @pytest.mark.slow
-def test_one_adam_moves_inactive_tasks_on_their_momentum():
-  official = Trainer(small_config())  # per_task_state=False, the official default.
+def test_one_adam_moves_inactive_tasks_on_their_momentum(official_trainer):
+  official = official_trainer.restart()
   official.step(1, make_batch(1))
   after_denoise = official.snapshot()
   official.step(0, make_batch(0))
@@ -126,19 +142,18 @@ def test_per_tensor_clipping_bounds_each_tensor():
 
 
 @pytest.mark.slow
-def test_loss_falls_on_a_fixed_batch():
-  trainer = Trainer(small_config())
+def test_loss_falls_on_a_fixed_batch(official_trainer):
+  trainer = official_trainer.restart()
   batch = make_batch(0)
   losses = [trainer.step(0, batch)['loss'] for _ in range(25)]
   assert losses[-1] < 0.7 * losses[0], losses
 
 
 @pytest.mark.slow
-def test_non_finite_steps_are_skipped_and_counted(trainer):
-  before = trainer.snapshot()
-  params = jax.tree.map(np.array, before.params)
+def test_non_finite_steps_are_skipped_and_counted(official_trainer):
+  params = jax.tree.map(np.array, official_trainer.restart().snapshot().params)
   params['head_sr_x2']['conv_in']['kernel'][0, 0, 0, 0] = np.nan
-  broken = Trainer(small_config(), params=params)
+  broken = official_trainer.restart(params)
   for expected in (1, 2):
     metrics = broken.step(0, make_batch(0))
     assert not np.isfinite(metrics['loss'])
@@ -152,6 +167,7 @@ def test_non_finite_steps_are_skipped_and_counted(trainer):
 def test_training_stops_after_too_many_non_finite_steps_in_a_row(tmp_path):
   config = small_config(max_nonfinite_steps=3, total_steps=8, log_every=100, eval_every=100,
                         checkpoint_every=100)
+  config.data.tasks = ('sr_x2',)  # One train step to compile.
   model = train.build_model(config)
   params = jax.tree.map(lambda p: np.full(p.shape, np.nan, p.dtype),
                         jax.eval_shape(model.init_params, jax.random.key(0)))
