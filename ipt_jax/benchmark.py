@@ -414,7 +414,10 @@ def benchmark_input() -> None:
 
 def main(argv):
   cli.check_no_arguments(argv)
-  if _CONFIG.value is not None:  # Its CPU device count, before JAX starts.
+  # Before JAX starts, the CPU's device count: --cpu_devices for inference, else the config's.
+  if _WHAT.value == 'infer':
+    parallel.initialize('off', _INFERENCE.cpu_devices.value)
+  elif _CONFIG.value is not None:
     parallel.initialize('off', _CONFIG.value.mesh.cpu_devices)
   if _COMPARE.value:
     if _WHAT.value != 'train':

@@ -67,6 +67,7 @@ class InferenceFlags:
   overlap: flags.FlagHolder
   tile_batch: flags.FlagHolder
   self_ensemble: flags.FlagHolder
+  cpu_devices: flags.FlagHolder
 
   def image_model_args(self) -> dict:
     """Keyword arguments of `inference.ImageModel` besides model, params and task."""
@@ -99,7 +100,8 @@ def tasks_flag() -> flags.FlagHolder:
 
 @_shared
 def inference_flags() -> InferenceFlags:
-  """--dtype, --tiling, --overlap, --tile_batch, --self_ensemble: how whole images run."""
+  """--dtype, --tiling, --overlap, --tile_batch, --self_ensemble, --cpu_devices: how whole
+  images run."""
   return InferenceFlags(
       dtype_flag(),
       flags.DEFINE_enum(
@@ -110,7 +112,10 @@ def inference_flags() -> InferenceFlags:
                            lower_bound=0),
       flags.DEFINE_integer('tile_batch', inference.TILE_BATCH, 'Tiles per model call; lower it '
                            'if memory runs out.', lower_bound=1),
-      flags.DEFINE_bool('self_ensemble', False, 'Average the 8 flips / transposes (8x slower).'))
+      flags.DEFINE_bool('self_ensemble', False, 'Average the 8 flips / transposes (8x slower).'),
+      flags.DEFINE_integer('cpu_devices', 0, 'On a CPU: run as this many devices, each batch of '
+                           'tiles split over them (one per core is fastest); 0: one device.',
+                           lower_bound=0))
 
 
 @_shared

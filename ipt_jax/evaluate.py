@@ -47,6 +47,7 @@ from ipt_jax import errors
 from ipt_jax import files
 from ipt_jax import inference
 from ipt_jax import metrics
+from ipt_jax import parallel
 from ipt_jax import progress
 from ipt_jax import tasks as tasks_lib
 from ipt_jax import weights
@@ -285,7 +286,8 @@ def settings(options: Options, model_settings: dict) -> dict:
                          'shave = scale for SR, 0 for denoising and deraining'}
   if options.model == 'ipt':
     applied.update(dtype=options.dtype, tiling=options.tiling, tile_batch=options.tile_batch,
-                   self_ensemble=options.self_ensemble, device=jax.devices()[0].device_kind)
+                   self_ensemble=options.self_ensemble, device=jax.devices()[0].device_kind,
+                   devices=jax.local_device_count())
     if options.tiling == 'fast':
       applied['overlap'] = options.overlap
   return applied
@@ -328,6 +330,7 @@ def write_report(path, scores: Sequence[SetScore], applied_settings: dict):
 
 def main(argv):
   cli.check_no_arguments(argv)
+  parallel.initialize('off', INFERENCE.cpu_devices.value)  # Before JAX starts.
   options = Options(
       tasks=tuple(TASKS.value or ()), data_dir=DATA_DIR.value,
       sets=tuple(SETS.value) if SETS.value else None, model=MODEL.value,

@@ -17,9 +17,10 @@ profiles (`_AxisTiling`), and the normaliser is one too: nothing image-sized is 
 output itself.
 
 Tiles go through one jitted function in batches of a fixed size (the last batch padded), compiled
-once per (model, task, tile batch size), whatever the image size. Tiles are cut from the image batch
-by batch and their outputs summed into a numpy array on the host, so memory is the output plus one
-batch. The model's dtype is the compute dtype (pass a model with dtype=bfloat16 to run in bfloat16).
+once per (model, task, tile batch size), whatever the image size. Each batch is split over the
+local devices (a CPU split into one device per core, `parallel.initialize(cpu_devices=...)`, runs
+every tile batch on all cores). Tiles are cut from the image batch by batch and their outputs
+summed into a numpy array on the host, so memory is the output plus one batch. The model's dtype is the compute dtype (pass a model with dtype=bfloat16 to run in bfloat16).
 """
 from collections.abc import Iterator
 import dataclasses
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ipt_jax import errors
+from ipt_jax import parallel
 from ipt_jax import tasks as tasks_lib
 
 MODES = ('official', 'fast')
@@ -209,21 +211,25 @@ class ImageModel:
     task: index of the task in model.tasks.
     mode: 'official' (forward_chop) or 'fast' (see the module docstring).
     overlap: 'fast' only: pixels shared by neighbouring tiles, in [0, patch).
-    tile_batch: tiles per model call (a fixed shape: one compilation for all image sizes).
+    tile_batch: tiles per model call (a fixed shape: one compilation for all image sizes),
+      rounded up to a multiple of the number of devices.
     self_ensemble: average the 8 flips / transposes of the whole image, each restored and
       transformed back, as the official forward_x8 (whole-image, so that 'official' stays exact).
+    devices: the devices that share each batch of tiles (default: all of this process's).
   """
 
   def __init__(self, model, params, task: int, *, mode: str = 'official',
                overlap: int = PAPER_OVERLAP, tile_batch: int = TILE_BATCH,
-               self_ensemble: bool = False):
+               self_ensemble: bool = False, devices=None):
     _check_options(mode, overlap, tile_batch, model.patch_size)
+    mesh = parallel.make_mesh(devices=list(devices or jax.local_devices()))
+    self._tile_sharding = parallel.batch_sharding(mesh)
     self.model = model
-    self.params = params
+    self.params = jax.device_put(params, parallel.replicated(mesh))
     self.task = task
     self.mode = mode
     self.overlap = overlap
-    self.tile_batch = tile_batch
+    self.tile_batch = -(-tile_batch // mesh.size) * mesh.size  # An equal share per device.
     self.self_ensemble = self_ensemble
     self.scale = model.scale(task)
     self.patch = model.patch_size
@@ -279,7 +285,8 @@ class ImageModel:
       for k, (a, b) in enumerate(tiles):
         batch[k] = image[rows.starts[a]:rows.starts[a] + self.patch,
                          cols.starts[b]:cols.starts[b] + self.patch]
-      outputs = _apply_tiles(self.params, batch, model=self.model, task=self.task)
+      outputs = _apply_tiles(self.params, jax.device_put(batch, self._tile_sharding),
+                             model=self.model, task=self.task)
       # The device runs this batch while the host adds up the previous one.
       if pending:
         add(*pending)

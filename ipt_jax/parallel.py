@@ -41,7 +41,7 @@ def initialize(mode: str = 'auto', cpu_devices: int = 0):
     try:
       jax.config.update('jax_num_cpu_devices', cpu_devices)
     except RuntimeError:  # JAX already started in this process (a caller's own use of it).
-      logging.warning('JAX had started: mesh.cpu_devices=%d is not applied.', cpu_devices)
+      logging.warning('JAX had started: cpu_devices=%d is not applied.', cpu_devices)
   if mode == 'off':
     return
   if explicit['JAX_COORDINATOR_ADDRESS']:

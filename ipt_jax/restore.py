@@ -35,6 +35,7 @@ import time
 
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
@@ -45,6 +46,7 @@ from ipt_jax import errors
 from ipt_jax import files
 from ipt_jax import inference
 from ipt_jax import metrics
+from ipt_jax import parallel
 from ipt_jax import weights
 
 CHECKPOINT = cli.checkpoint_flags()
@@ -184,6 +186,7 @@ def restore_files(image_paths: Sequence[str], image_model: inference.ImageModel,
 
 
 def main(argv):
+  parallel.initialize('off', INFERENCE.cpu_devices.value)  # Before JAX starts.
   unique = {}  # Each image once, in the order given.
   for path in argv[1:]:
     unique.setdefault(os.path.realpath(path), path)
@@ -197,6 +200,8 @@ def main(argv):
   files.prepare_output_dir(OUTPUT_DIR.value)  # Before the weights are loaded.
   model, params = weights.load(CHECKPOINT.checkpoint.value, **CHECKPOINT.load_args(),
                                dtype=INFERENCE.dtype.value)
+  logging.info('Loaded %s; each batch of tiles runs on %d device(s).',
+               CHECKPOINT.checkpoint.value, jax.local_device_count())
   failed = set()
   for task in TASKS.value:
     image_model = inference.image_model(model, params, task, **INFERENCE.image_model_args())

@@ -8,6 +8,7 @@ Prints `ok <check>` for each check that passes; the first failure raises.
 import jax
 import numpy as np
 
+from ipt_jax import inference
 from ipt_jax import losses
 from ipt_jax import parallel
 from ipt_jax import train
@@ -53,7 +54,22 @@ def contrastive_groups_stay_on_their_device():
                                rtol=1e-5)
 
 
-CHECKS = (train_as_one, contrastive_groups_stay_on_their_device)
+def tiles_split_over_devices():
+  """Whole-image inference splits each batch of tiles over the devices: the output is that of
+  one device, and the tile batch rounds up to an equal share per device."""
+  config = small_config()
+  model = train.build_model(config)
+  params = model.init_params(jax.random.key(0))
+  image = np.random.default_rng(0).uniform(0, 255, (70, 61, 3)).astype(np.float32)
+  split = inference.ImageModel(model, params, 0, tile_batch=6)
+  assert split.tile_batch == 8
+  assert {d for x in jax.tree.leaves(split.params) for d in x.sharding.device_set} == set(
+      jax.devices())
+  alone = inference.ImageModel(model, params, 0, tile_batch=6, devices=jax.devices()[:1])
+  np.testing.assert_allclose(split(image), alone(image), rtol=1e-5, atol=1e-3)
+
+
+CHECKS = (train_as_one, contrastive_groups_stay_on_their_device, tiles_split_over_devices)
 
 if __name__ == '__main__':
   assert jax.device_count() == 4, jax.devices()

@@ -91,7 +91,7 @@ def test_tiny_official_model_on_set5_x2(data_dir, tiny_pt, tmp_path):
   assert np.isfinite([set5.psnr, set5.ssim, set5.images_per_second]).all()
   assert applied['checkpoint_tasks'] == ['sr_x2', 'sr_x3', 'sr_x4', 'derain', 'denoise_30',
                                          'denoise_50']
-  assert (applied['tiling'], applied['lr']) == ('fast', 'files')
+  assert (applied['tiling'], applied['lr'], applied['devices']) == ('fast', 'files', 1)
 
 
 def write_images(folder: pathlib.Path, names, seed):

@@ -174,4 +174,4 @@ def test_cpu_devices_split_the_cpu_before_jax_starts():
   result = subprocess.run([sys.executable, '-c', program], cwd=REPO, capture_output=True,
                           text=True)
   assert result.stdout.split() == ['2', '2'], result.stderr[-2000:]
-  assert 'mesh.cpu_devices=3 is not applied' in result.stderr
+  assert 'cpu_devices=3 is not applied' in result.stderr

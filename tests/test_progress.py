@@ -104,7 +104,8 @@ def test_restore_logs_a_line_per_image_and_a_count(tmp_path):
   checkpoint.save_params(tmp_path / 'params', model, model.init_params(jax.random.key(0)))
   write_images(tmp_path, ['a', 'b'], size=(20, 30))
   result = run(['-m', 'ipt_jax.restore', f'--checkpoint={tmp_path / "params"}', '--tasks=sr_x2',
-                '--tiling=fast', f'--output_dir={tmp_path / "out"}', str(tmp_path / 'a.png'),
+                '--tiling=fast', '--cpu_devices=2', f'--output_dir={tmp_path / "out"}',
+                str(tmp_path / 'a.png'),
                 str(tmp_path / 'b.png'), str(tmp_path / 'missing.png')])
   assert result.returncode == 1, result.stderr[-3000:]
   lines = result.stdout.splitlines()
@@ -113,6 +114,7 @@ def test_restore_logs_a_line_per_image_and_a_count(tmp_path):
     assert line.startswith(f'{tmp_path / name}.png -> {tmp_path / "out" / name}_sr_x2.png: '
                            '30x20 -> 60x40, ') and line.endswith(' s'), line
   assert lines[-1] == f'Wrote 2 of 3 images into {tmp_path / "out"}; 1 failed (see above).'
+  assert 'each batch of tiles runs on 2 device(s).' in result.stderr  # --cpu_devices=2
   assert f'error: {tmp_path / "missing.png"}: no such file' in result.stderr
 
 
