@@ -75,9 +75,15 @@ def verify(directory) -> bool:
   return True
 
 
+@jax.jit
+def _all_finite(tree):
+  # One program for the whole tree: op by op would compile two programs per array shape.
+  return jax.tree.map(lambda x: jnp.isfinite(x).all(), tree)
+
+
 def check_finite(params, where) -> None:
   """Refuses parameters holding NaN or infinity, naming the first such array."""
-  finite = jax.device_get(jax.tree.map(lambda x: jnp.isfinite(x).all(), params))
+  finite = jax.device_get(_all_finite(params))
   for path, ok in jax.tree_util.tree_flatten_with_path(finite)[0]:
     if not ok:
       name = '/'.join(getattr(k, 'key', str(k)) for k in path)
