@@ -11,6 +11,7 @@ import sys
 from unittest import mock
 
 import filelock
+import numpy as np
 import pytest
 
 # Keep TensorFlow quiet in tests.
@@ -85,6 +86,16 @@ def run_command(name: str, *args: str) -> Result:
     except SystemExit as e:
       code = e.code or 0
   return Result(code, stdout.getvalue(), stderr.getvalue())
+
+
+def random_params(model, seed: int = 0) -> dict:
+  """Parameters with the model's names, shapes and dtypes, drawn by numpy: for tests that save,
+  load, convert or run them, where the values do not matter (initialising a model compiles for
+  seconds, once per model)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init_params, jax.random.key(0))
+  return jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
 
 
 # The session's trained workdir: the quickstart config on two tasks for 8 steps, every step

@@ -24,6 +24,7 @@ from ipt_jax import optimizer
 from ipt_jax import train
 from ipt_jax import weights
 from ipt_jax.models import ipt
+from tests.conftest import random_params
 from tests.conftest import REPO
 from tests.conftest import run_command
 
@@ -39,7 +40,7 @@ def last_line(result) -> str:
 def tiny(tmp_path_factory):
   """A tiny one-task model, its params and a params directory holding them."""
   model = ipt.create('tiny', tasks=('sr_x2',))
-  params = model.init_params(jax.random.key(0))
+  params = random_params(model)
   directory = tmp_path_factory.mktemp('ckpt') / 'params'
   checkpoint.save_params(directory, model, params)
   return model, params, directory
@@ -259,7 +260,7 @@ def test_every_documented_override_parses():
 @pytest.mark.slow
 def test_head_count_and_names_survive_safetensors(tmp_path):
   model = ipt.create('tiny', tasks=('sr_x4',), num_heads=4)
-  params = model.init_params(jax.random.key(0))
+  params = random_params(model)
   torch_layout.write_state_dict(torch_layout.to_torch(params, model, as_numpy=True),
                                 tmp_path / 'm.safetensors', torch_layout.metadata(model))
   loaded, _ = weights.load(tmp_path / 'm.safetensors')  # Neither given.

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import random_params
 from tests.conftest import run_command
 from tests.conftest import shared_path
 from ipt_jax import checkpoint
@@ -69,7 +70,7 @@ def test_params_saved_in_the_old_task_order_load_by_name(tmp_path):
   # parameters are named by task, so every task still gets its own head.
   old_order = ('sr_x2', 'sr_x3', 'sr_x4', 'denoise_30', 'denoise_50', 'derain')
   model = ipt.create('tiny', tasks=old_order)
-  params = model.init_params(jax.random.key(0))
+  params = random_params(model)
   checkpoint.save_params(tmp_path / 'old', model, params)
   loaded_model, loaded = weights.load(tmp_path / 'old')
   for name in old_order:
@@ -108,7 +109,7 @@ def test_paper_layout_matches_the_released_checkpoints(fixture, tasks):
 def one_task():
   """A tiny single-task (fine-tuned layout) model and its state_dict; no ../shared needed."""
   model = ipt.create('tiny', tasks=('sr_x4',))
-  params = model.init_params(jax.random.key(3))
+  params = random_params(model, seed=3)
   return model, params, torch_layout.to_torch(params, model)
 
 

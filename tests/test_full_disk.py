@@ -5,13 +5,13 @@ skipped elsewhere)."""
 import os
 import subprocess
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
 
 from ipt_jax import checkpoint
 from ipt_jax.models import ipt
+from tests.conftest import random_params
 from tests.conftest import run_command
 
 # A tiny one-task model: a training checkpoint takes 4.6 MB, so 9 MB hold one.
@@ -61,7 +61,7 @@ def test_a_full_disk_stops_training_in_one_line_and_a_rerun_resumes(small_disk):
 @pytest.mark.parametrize('output', ['model.pt', 'params'])
 def test_convert_to_a_full_disk_is_one_line_and_writes_nothing(small_disk, tmp_path, output):
   model = ipt.create('tiny', tasks=('sr_x2',))
-  checkpoint.save_params(tmp_path / 'tiny', model, model.init_params(jax.random.key(0)))
+  checkpoint.save_params(tmp_path / 'tiny', model, random_params(model))
   (small_disk / 'filler').write_bytes(bytes(8_500_000))
   result = run_command('convert', f'--checkpoint={tmp_path / "tiny"}',
                        f'--output={small_disk / output}')

@@ -11,7 +11,6 @@ import sys
 
 from absl import logging as absl_logging
 from absl.testing import flagsaver
-import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -26,6 +25,7 @@ from ipt_jax.data import testsets
 from ipt_jax.data import degrade
 from ipt_jax.data import sources
 from ipt_jax.models import ipt
+from tests.conftest import random_params
 from tests.conftest import REPO
 from tests.conftest import TRAINED_STEPS as STEPS
 from tests.conftest import user_env
@@ -101,7 +101,7 @@ def test_evaluate_logs_a_line_now_and_then_during_a_long_set(tmp_path, monkeypat
 @pytest.mark.slow
 def test_restore_logs_a_line_per_image_and_a_count(tmp_path):
   model = ipt.create('tiny', tasks=('sr_x2',))
-  checkpoint.save_params(tmp_path / 'params', model, model.init_params(jax.random.key(0)))
+  checkpoint.save_params(tmp_path / 'params', model, random_params(model))
   write_images(tmp_path, ['a', 'b'], size=(20, 30))
   result = run(['-m', 'ipt_jax.restore', f'--checkpoint={tmp_path / "params"}', '--tasks=sr_x2',
                 '--tiling=fast', '--cpu_devices=2', f'--output_dir={tmp_path / "out"}',
