@@ -20,7 +20,8 @@ Tiles go through one jitted function in batches of a fixed size (the last batch 
 once per (model, task, tile batch size), whatever the image size. Each batch is split over the
 local devices (a CPU split into one device per core, `parallel.initialize(cpu_devices=...)`, runs
 every tile batch on all cores). Tiles are cut from the image batch by batch and their outputs
-summed into a numpy array on the host, so memory is the output plus one batch. The model's dtype is the compute dtype (pass a model with dtype=bfloat16 to run in bfloat16).
+summed into a numpy array on the host, so memory is the output plus one batch. The model's dtype
+is the compute dtype (pass a model with dtype=bfloat16 to run in bfloat16).
 """
 from collections.abc import Iterator
 import dataclasses
