@@ -8,7 +8,6 @@ enough to rebuild the model:
 A training run's `<workdir>/checkpoints/<step>` directories have this layout too, plus
 <step>/train (step and optimiser state).
 """
-import contextlib
 import signal
 
 from absl import logging
@@ -128,7 +127,7 @@ class TrainCheckpoints:
     """Starts saving `state` (a train.TrainState) as `step` when due or forced."""
     if not (force or self._manager.should_save(step)):
       return False
-    with self._disk_full_is_one_line():
+    with files.on_disk_full(self._filled_up):
       self._write_manifests()  # Of the earlier saves, now that they have committed.
       self._check_space(step, state)
       return self._manager.save(step, force=force, args=ocp.args.Composite(**{
@@ -147,19 +146,10 @@ class TrainCheckpoints:
     except errors.DiskFullError as e:
       raise self._disk_full_error(str(e)) from None
 
-  @contextlib.contextmanager
-  def _disk_full_is_one_line(self):
+  def _filled_up(self) -> errors.DiskFullError:
     """A full disk during a save (here or in orbax's background threads, reported at the next
-    wait) becomes a DiskFullError; the unfinished step is a temporary folder that the next
-    run removes."""
-    try:
-      yield
-    except errors.DiskFullError:
-      raise
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      if not files.is_disk_full(e):
-        raise
-      raise self._disk_full_error('the disk filled up during a save') from None
+    wait); the unfinished step is a temporary folder that the next run removes."""
+    return self._disk_full_error('the disk filled up during a save')
 
   def _disk_full_error(self, why: str) -> errors.DiskFullError:
     self._manager.reload()
@@ -229,7 +219,7 @@ class TrainCheckpoints:
 
   def close(self):
     """Waits for pending saves, writes their checksums and releases the manager."""
-    with self._disk_full_is_one_line():
+    with files.on_disk_full(self._filled_up):
       self._write_manifests()
     self._manager.close()
 

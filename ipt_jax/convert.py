@@ -42,22 +42,24 @@ def convert(checkpoint_path, output_path, *, checkpoint_tasks: Sequence[str] | N
   try:
     files.check_space(output_path, sum(x.nbytes for x in jax.tree.leaves(params)),
                       f'{output_path}: the converted checkpoint')
+  except errors.DiskFullError as e:
+    raise errors.DiskFullError(f'{e}; nothing was written. {_FREE_SOME_SPACE}') from None
+  with files.on_disk_full(lambda: _partial_write_removed(output_path)):
     if epath.Path(output_path).suffix in torch_layout.SUFFIXES:
       torch_layout.write_state_dict(torch_layout.to_torch(params, model, as_numpy=True),
                                     output_path, torch_layout.metadata(model))
     else:
       checkpoint.save_params(output_path, model, params)
-  except errors.DiskFullError as e:
-    raise errors.DiskFullError(f'{e}; nothing was written. {_FREE_SOME_SPACE}') from None
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    if not files.is_disk_full(e):
-      raise
-    # What a params save had written so far is orbax's temporary folder.
-    for partial in epath.Path(output_path).parent.glob(f'{epath.Path(output_path).name}.orbax-*'):
-      partial.rmtree()
-    raise errors.DiskFullError(f'{output_path}: the disk filled up while it was written; '
-                               f'nothing was written. {_FREE_SOME_SPACE}') from None
   return model
+
+
+def _partial_write_removed(output_path) -> errors.DiskFullError:
+  """Removes what a params save wrote before the disk filled up (orbax's temporary folder),
+  and says so."""
+  for partial in epath.Path(output_path).parent.glob(f'{epath.Path(output_path).name}.orbax-*'):
+    partial.rmtree()
+  return errors.DiskFullError(f'{output_path}: the disk filled up while it was written; '
+                              f'nothing was written. {_FREE_SOME_SPACE}')
 
 
 def main(argv):

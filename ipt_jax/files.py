@@ -1,5 +1,6 @@
 """Paths as users give them; files written whole or not at all, into folders checked first."""
 from collections.abc import Callable
+import contextlib
 import errno
 import os
 import shutil
@@ -32,13 +33,11 @@ def write_atomically(path, write: Callable[[str], None]):
   path = pathlib.Path(path)
   temporary = path.with_name(f'.{path.name}.{os.getpid()}.{TMP}')
   try:
-    write(os.fspath(temporary))
-    os.replace(temporary, path)
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    if not is_disk_full(e):
-      raise
-    raise errors.DiskFullError(f'{path}: the disk is full, so it was not written; free some '
-                               'space or choose another output folder.') from None
+    with on_disk_full(lambda: errors.DiskFullError(
+        f'{path}: the disk is full, so it was not written; free some space or choose another '
+        'output folder.')):
+      write(os.fspath(temporary))
+      os.replace(temporary, path)
   finally:
     temporary.unlink(missing_ok=True)
 
@@ -84,6 +83,20 @@ def is_disk_full(error: BaseException | None) -> bool:
       return True
     error = error.__cause__ or error.__context__
   return False
+
+
+@contextlib.contextmanager
+def on_disk_full(error: Callable[[], errors.DiskFullError]):
+  """Inside, an error caused by a full disk (at any depth of its causes, e.g. from orbax's
+  threads) is replaced by `error()`, one line for the user; a DiskFullError passes as it is."""
+  try:
+    yield
+  except errors.DiskFullError:
+    raise
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if not is_disk_full(e):
+      raise
+    raise error() from None
 
 
 def free_bytes(path) -> int | None:
