@@ -129,7 +129,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, patch_size: int, s
   make_batch = functools.partial(
       _make_batch, task_list=task_list, weights=weights, seed=seed, host=process_index,
       patch=patch_size, rain=rain)
-  ds = tf.data.Dataset.zip(steps, crops).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = tf.data.Dataset.zip(steps, crops).map(sources.without_autograph(make_batch),
+                                             num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
   return TrainIterator(ds, source)
 
@@ -252,11 +253,13 @@ def _crops(source: sources.ImageSource, *, seed: int, host: int, hosts: int, fir
     return source.records(_key(seed, _ORDER, host, epoch), start)
 
   images = epoch_records(epoch, position).concatenate(
-      tf.data.Dataset.range(epoch + 1, _FOREVER).flat_map(lambda e: epoch_records(e, 0)))
+      tf.data.Dataset.range(epoch + 1, _FOREVER).flat_map(
+          sources.without_autograph(lambda e: epoch_records(e, 0))))
   images = tf.data.Dataset.zip(tf.data.Dataset.range(first_image, _FOREVER), images)
   decode = functools.partial(_decode_crops, seed=seed, host=host, crop=crop, count=count,
                              augment=augment)
 
+  @sources.without_autograph
   def decode_with_id(index, record):
     image_id = tf.cast((index * hosts + host) % _INT32_IDS, tf.int32)
     return {'crops': decode(index, record), 'image_id': tf.fill([count], image_id)}

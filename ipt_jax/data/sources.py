@@ -105,6 +105,12 @@ class ImageSource:
   stats: Callable[[], SourceStats]
 
 
+def without_autograph(fn):
+  """`fn` for tf.data as written, not converted by autograph: the pipeline's functions have no
+  Python control flow on tensors, and converting them costs about a second per pipeline."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def open_source(spec: str, *, min_size: int, data_dir: str | None = None,
                 image_key: str = 'image', shuffle_buffer: int = 1000,
                 process_index: int = 0, process_count: int = 1) -> ImageSource:
@@ -328,6 +334,7 @@ def _files_source(spec: str, entries: list[tuple[pathlib.Path, ...]], min_size: 
            ['path', 'height', 'width', 'format'])
   table = dict(zip(names, columns))
 
+  @without_autograph
   def read(index):
     entry = {k: v[index] for k, v in table.items()}
     if paired:
@@ -398,14 +405,17 @@ def _tfds_source(name: str, split: str, *, data_dir: str | None, image_key: str,
                             'use a larger split or fewer hosts.')
   skipped = tf.Variable(0, dtype=tf.int64, trainable=False)
 
+  @without_autograph
   def describe(example):
     encoded = example[image_key]
     fmt, height, width = encoded_format_and_shape(encoded)
     return {'encoded': encoded, 'format': fmt, 'height': height, 'width': width}
 
+  @without_autograph
   def large_enough(record):
     return tf.minimum(record['height'], record['width']) >= min_size
 
+  @without_autograph
   def large_enough_counted(record):
     ok = large_enough(record)
     skipped.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
