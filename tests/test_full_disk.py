@@ -13,11 +13,7 @@ from ipt_jax import checkpoint
 from ipt_jax.models import ipt
 from tests.conftest import random_params
 from tests.conftest import run_command
-
-# A tiny one-task model: a training checkpoint takes 4.6 MB, so 9 MB hold one.
-TRAIN = ('--config=configs/quickstart.py', "--config.data.tasks=('sr_x2',)",
-         '--config.data.batch_size=2', '--config.eval.num_examples=2', '--config.total_steps=6',
-         '--config.checkpoint_every=2', '--config.log_every=2', '--config.eval_every=100')
+from tests.conftest import TRAINED_ARGS
 
 
 def resize(disk, size):
@@ -37,25 +33,28 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_stops_training_in_one_line_and_a_rerun_resumes(small_disk):
+def test_a_full_disk_stops_training_in_one_line_and_a_rerun_resumes(small_disk, trained_run):
+  # The session's trained run again (after it: its compiled programs are reused). A training
+  # checkpoint of its model takes 4.9 MB: 9 MB hold the first (step 4), not the second (8).
+  del trained_run
   workdir = small_disk / 'run'
-  result = run_command('main', *TRAIN, f'--workdir={workdir}')
+  result = run_command('main', *TRAINED_ARGS, f'--workdir={workdir}')
   assert result.returncode == 1
   assert result.stderr.startswith(
-      f'error: {workdir}/checkpoints: not enough disk space: the checkpoint of step 4 needs '
-      'about 4.6 MB and the disk has ')
-  assert result.stderr.endswith('; the newest intact step is 2. Free some space (or lower '
+      f'error: {workdir}/checkpoints: not enough disk space: the checkpoint of step 8 needs '
+      'about 4.9 MB and the disk has ')
+  assert result.stderr.endswith('; the newest intact step is 4. Free some space (or lower '
                                 '--config.keep_checkpoints) and run the same command again '
                                 'to resume.\n')
   assert len(result.stderr.splitlines()) == 1
-  assert os.listdir(workdir / 'checkpoints') == ['2']  # Nothing partial.
+  assert os.listdir(workdir / 'checkpoints') == ['4']  # Nothing partial.
   assert 'claim.json' not in os.listdir(workdir)
 
   resize(small_disk, '30m')
-  result = run_command('main', *TRAIN, f'--workdir={workdir}')
+  result = run_command('main', *TRAINED_ARGS, f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
-  assert result.stdout.startswith('Training done: steps 2 to 6 of 6 in ')
-  assert sorted(int(p.name) for p in checkpoint.step_dirs(workdir / 'checkpoints')) == [2, 4, 6]
+  assert result.stdout.startswith('Training done: steps 4 to 8 of 8 in ')
+  assert sorted(int(p.name) for p in checkpoint.step_dirs(workdir / 'checkpoints')) == [4, 8]
 
 
 @pytest.mark.parametrize('output', ['model.pt', 'params'])

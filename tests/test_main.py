@@ -1,14 +1,14 @@
 """Pre-training end to end: python -m ipt_jax.main on the bundled samples, checkpoints,
-TensorBoard events, exact resume after SIGKILL and SIGTERM, export, and two processes."""
+TensorBoard events, exact resume after a pre-emption, export, and two processes."""
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
@@ -61,14 +61,6 @@ def steps_saved(workdir):
   return sorted(int(p.name) for p in checkpoint.step_dirs(root)) if root.exists() else []
 
 
-def wait_for(condition, process, timeout=300):
-  deadline = time.time() + timeout
-  while not condition():
-    assert process.poll() is None, process.communicate()[0][-4000:]
-    assert time.time() < deadline, 'timed out'
-    time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_writes_checkpoints_events_and_validation(trained_run):
   workdir = trained_run.workdir
@@ -87,16 +79,12 @@ def test_writes_checkpoints_events_and_validation(trained_run):
 
 
 @pytest.mark.slow
-def test_killed_then_pre_empted_then_resumed_is_exact(trained_run, tmp_path, monkeypatch,
-                                                      caplog):
-  # kill -9 once the step-4 checkpoint is written, before the run ends.
-  process = start(tmp_path)
-  wait_for(lambda: STEPS // 2 in steps_saved(tmp_path), process)
-  process.kill()
-  process.wait()
-  assert steps_saved(tmp_path)[-1] < STEPS, 'the run finished before it was killed'
-  # It resumes (here, in this process) from step 4; a SIGTERM (pre-emption) after step 5
-  # saves the step it is at.
+def test_pre_empted_then_resumed_is_exact(trained_run, tmp_path, monkeypatch, caplog):
+  # Where a run killed after its step-4 save stands: that save and nothing else. (Kills at
+  # random moments, saves in flight included, are the fault stage's: test_kills.py.)
+  shutil.copytree(trained_run.workdir / 'checkpoints' / str(STEPS // 2),
+                  tmp_path / 'checkpoints' / str(STEPS // 2))
+  # It resumes from step 4; a SIGTERM (pre-emption) after step 5 saves the step it is at.
   log = progress.log
 
   def pre_empt_after_step_5(line):
@@ -113,7 +101,8 @@ def test_killed_then_pre_empted_then_resumed_is_exact(trained_run, tmp_path, mon
   # Resumed from there, the run is bitwise the uninterrupted one: every loss, every weight.
   monkeypatch.setattr(progress, 'log', log)
   assert int(train.train_and_evaluate(trained_config(), str(tmp_path)).step) == STEPS
-  assert scalars(tmp_path, 'loss') == scalars(trained_run.workdir, 'loss')
+  uninterrupted = scalars(trained_run.workdir, 'loss')
+  assert scalars(tmp_path, 'loss') == {s: v for s, v in uninterrupted.items() if s > STEPS // 2}
   _, params = weights.load(trained_run.workdir)
   _, resumed = weights.load(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), jax.device_get(params))

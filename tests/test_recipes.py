@@ -14,7 +14,6 @@ from ipt_jax import weights
 from tests.conftest import REPO
 
 
-
 def few_steps(task):
   config = small_data.get_config(task)
   config.data.source = 'samples:train'

@@ -5,19 +5,17 @@ import numpy as np
 import pytest
 import skimage.data
 
-from configs import quickstart
 from ipt_jax import errors
 from ipt_jax import parallel
 from ipt_jax import optimizer
 from ipt_jax import train
-
-TASKS = ('sr_x2', 'denoise_30')
+from tests.conftest import trained_config
 
 
 def small_config(**overrides):
-  config = quickstart.get_config()
-  config.data.tasks = TASKS
-  config.data.batch_size = 4
+  """The config of the session's trained run, with `overrides`: a test that asks for the
+  `trained_run` fixture first finds the programs of that config compiled."""
+  config = trained_config()
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -30,7 +28,7 @@ class Trainer:
     self.config = config
     self.model = train.build_model(config)
     self.mesh = mesh or parallel.make_mesh()
-    self.schedule = optimizer.learning_rate(config, 100)
+    self.schedule = optimizer.learning_rate(config, optimizer.total_steps(config))
     self.tx = optimizer.make(config, self.model, self.schedule)
     self.state = train.create_train_state(self.model, self.tx, self.mesh, config, params=params)
     abstract_state = jax.eval_shape(lambda s: s, self.state)
@@ -55,7 +53,8 @@ class Trainer:
 
 
 def make_batch(task, seed=0, size=4):
-  """Crops of a photo: (2x subsampled, crop) for sr_x2, (noisy, clean) for denoise_30."""
+  """Crops of a photo: (2x subsampled, crop) for sr_x2, (noisy, clean) for denoise_30, typed as
+  the input pipeline's batches."""
   scale = (2, 1)[task]
   rng = np.random.default_rng(seed)
   photo, crop = skimage.data.astronaut(), 48 * scale
@@ -63,7 +62,7 @@ def make_batch(task, seed=0, size=4):
   hq = np.stack([photo[y:y + crop, x:x + crop] for y, x in corners])
   lq = hq[:, ::scale, ::scale] if scale > 1 else np.clip(
       hq + rng.normal(0, 30, hq.shape), 0, 255).astype(np.uint8)
-  return {'lq': np.ascontiguousarray(lq), 'hq': hq}
+  return {'lq': lq.astype(np.float32), 'hq': hq, 'image_id': np.arange(size, dtype=np.int32)}
 
 
 @pytest.fixture(scope='module')
@@ -75,8 +74,10 @@ def trainer():
 
 
 @pytest.fixture(scope='module')
-def official_trainer():
-  """One Adam state for all tasks, the official default; each test restarts it."""
+def official_trainer(trained_run):
+  """One Adam state for all tasks, the official default; each test restarts it. (After the
+  session's trained run, whose compiled init and steps it reuses.)"""
+  del trained_run
   return Trainer(small_config())
 
 
@@ -164,10 +165,9 @@ def test_non_finite_steps_are_skipped_and_counted(official_trainer):
 
 
 @pytest.mark.slow
-def test_training_stops_after_too_many_non_finite_steps_in_a_row(tmp_path):
-  config = small_config(max_nonfinite_steps=3, total_steps=8, log_every=100, eval_every=100,
-                        checkpoint_every=100)
-  config.data.tasks = ('sr_x2',)  # One train step to compile.
+def test_training_stops_after_too_many_non_finite_steps_in_a_row(tmp_path, trained_run):
+  del trained_run  # Run after it: its compiled steps are reused.
+  config = small_config(max_nonfinite_steps=3)  # It stops before the first checkpoint.
   model = train.build_model(config)
   params = jax.tree.map(lambda p: np.full(p.shape, np.nan, p.dtype),
                         jax.eval_shape(model.init_params, jax.random.key(0)))
