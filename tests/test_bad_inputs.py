@@ -134,9 +134,8 @@ def saved_steps(tmp_path, model, steps=(1, 2)):
   """A checkpoints directory with the given steps of `model`'s state."""
   config = train_config()
   tx = optimizer.make(config, model, lambda _: 1e-3)
-  state = train.create_train_state(model, tx, jax.sharding.Mesh(
-      np.array(jax.devices()[:1]).reshape(1, 1), ('data', 'fsdp')), config,
-                                   params=random_params(model))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ('data', 'fsdp'))
+  state = train.create_train_state(model, tx, mesh, config, params=random_params(model))
   manager = checkpoint.TrainCheckpoints(tmp_path / 'checkpoints', model, every=1, keep=5)
   for step in steps:
     manager.save(step, state.replace(step=state.step + step), force=True)
