@@ -113,11 +113,12 @@ TRAINED_ARGS = ('--config=configs/quickstart.py',
                 *(f'--config.{k}={v}' for k, v in TRAINED_OVERRIDES.items()))
 
 
-def trained_config():
-  """The config of the trained run, for training in this process."""
+def trained_config(**overrides):
+  """The config of the trained run, for training in this process, with top-level `overrides`.
+  A test that asks for the `trained_run` fixture first finds its programs compiled."""
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   config = quickstart.get_config()
-  config.update_from_flattened_dict(TRAINED_OVERRIDES)
+  config.update_from_flattened_dict({**TRAINED_OVERRIDES, **overrides})
   return config
 
 

@@ -12,14 +12,14 @@ from ipt_jax import inference
 from ipt_jax import losses
 from ipt_jax import parallel
 from ipt_jax import train
+from tests.conftest import trained_config
 from tests.test_train import make_batch
-from tests.test_train import small_config
 from tests.test_train import Trainer
 
 
 def train_as_one():
   """Two-way data parallelism with two-way FSDP over four devices trains as one device does."""
-  config = small_config()
+  config = trained_config()
   config.mesh.fsdp_min_size_mb = 0.004  # Shard the tiny model's larger arrays too.
   # Adam's default eps turns reduction-order noise in near-zero gradients into steps of up to
   # lr: a larger eps keeps the comparison about sharding, not about that amplification.
@@ -57,7 +57,7 @@ def contrastive_groups_stay_on_their_device():
 def tiles_split_over_devices():
   """Whole-image inference splits each batch of tiles over the devices: the output is that of
   one device, and the tile batch rounds up to an equal share per device."""
-  config = small_config()
+  config = trained_config()
   model = train.build_model(config)
   params = model.init_params(jax.random.key(0))
   image = np.random.default_rng(0).uniform(0, 255, (70, 61, 3)).astype(np.float32)

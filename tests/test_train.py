@@ -12,15 +12,6 @@ from ipt_jax import train
 from tests.conftest import trained_config
 
 
-def small_config(**overrides):
-  """The config of the session's trained run, with `overrides`: a test that asks for the
-  `trained_run` fixture first finds the programs of that config compiled."""
-  config = trained_config()
-  for key, value in overrides.items():
-    config[key] = value
-  return config
-
-
 class Trainer:
   """A tiny two-task IPT with its optimiser and jitted steps on a mesh."""
 
@@ -68,7 +59,7 @@ def make_batch(task, seed=0, size=4):
 @pytest.fixture(scope='module')
 def trainer():
   """Adam state per task: inactive tasks frozen."""
-  config = small_config()
+  config = trained_config()
   config.optimizer.per_task_state = True
   return Trainer(config)
 
@@ -78,7 +69,7 @@ def official_trainer(trained_run):
   """One Adam state for all tasks, the official default; each test restarts it. (After the
   session's trained run, whose compiled init and steps it reuses.)"""
   del trained_run
-  return Trainer(small_config())
+  return Trainer(trained_config())
 
 
 def _adam(state, group):
@@ -136,7 +127,7 @@ def test_per_tensor_clipping_bounds_each_tensor():
   clipped, _ = optimizer.clip_by_tensor_norm(1.).update({'attn': attention, 'out': np.float32(0.6)}, None)
   np.testing.assert_allclose(clipped['attn']['key']['kernel'], 0.6 / np.sqrt(1.08), rtol=1e-6)
   np.testing.assert_allclose(clipped['out'], 0.6)
-  config = small_config()
+  config = trained_config()
   config.optimizer.clip = 'norm'
   with pytest.raises(errors.InputError, match="optimizer.clip='norm': use 'per_tensor'"):
     optimizer.make(config, train.build_model(config), lambda _: 1.)
@@ -167,7 +158,7 @@ def test_non_finite_steps_are_skipped_and_counted(official_trainer):
 @pytest.mark.slow
 def test_training_stops_after_too_many_non_finite_steps_in_a_row(tmp_path, trained_run):
   del trained_run  # Run after it: its compiled steps are reused.
-  config = small_config(max_nonfinite_steps=3)  # It stops before the first checkpoint.
+  config = trained_config(max_nonfinite_steps=3)  # It stops before the first checkpoint.
   model = train.build_model(config)
   params = jax.tree.map(lambda p: np.full(p.shape, np.nan, p.dtype),
                         jax.eval_shape(model.init_params, jax.random.key(0)))
@@ -177,7 +168,7 @@ def test_training_stops_after_too_many_non_finite_steps_in_a_row(tmp_path, train
 
 
 def test_the_official_step_schedule_halves_at_epoch_200():
-  config = small_config(total_steps=None, num_epochs=300, num_train_images=1000)
+  config = trained_config(total_steps=None, num_epochs=300, num_train_images=1000)
   config.optimizer.update(lr=5e-5, schedule='step', decay_epochs=(200,), decay_factor=0.5)
   config.data.batch_size = 10  # 100 steps per epoch: epoch 200 starts at step 20,000.
   schedule = optimizer.learning_rate(config, optimizer.total_steps(config))
@@ -186,7 +177,7 @@ def test_the_official_step_schedule_halves_at_epoch_200():
 
 
 def test_cosine_schedule_anneals_to_end_lr():
-  config = small_config()
+  config = trained_config()
   config.optimizer.update(lr=5e-5, end_lr=2e-5, schedule='cosine')
   schedule = optimizer.learning_rate(config, 1000)
   np.testing.assert_allclose([schedule(0), schedule(500), schedule(1000)], [5e-5, 3.5e-5, 2e-5],
@@ -194,12 +185,12 @@ def test_cosine_schedule_anneals_to_end_lr():
 
 
 def test_total_steps_from_epochs():
-  config = small_config(total_steps=None, num_epochs=3, num_train_images=1000)
+  config = trained_config(total_steps=None, num_epochs=3, num_train_images=1000)
   assert optimizer.total_steps(config) == 750
 
 
 def test_unknown_preset_is_a_clear_error():
-  config = small_config()
+  config = trained_config()
   config.model.preset = 'giant'
   with pytest.raises(ValueError, match="Unknown model preset 'giant'"):
     train.build_model(config)
