@@ -326,7 +326,7 @@ def build_official_model(path: str, model: ipt.IPT):
 
 def benchmark_infer() -> None:
   model = _model()
-  params = jax.jit(model.init_params)(jax.random.key(_SEED.value))
+  params = model.init_params(jax.random.key(_SEED.value))
   image_model = inference.ImageModel(model, params, 0, **_INFERENCE.image_model_args())
   image = np.random.default_rng(_SEED.value).integers(
       0, 256, (_IMAGE_SIZE.value, _IMAGE_SIZE.value, 3)).astype(np.float32)

@@ -77,26 +77,25 @@ def check_config(config: ml_collections.ConfigDict):
                               'decay rates lie in [0, 1).')
 
 
-def _initial_state(params, *, model: ipt.IPT, tx: optax.GradientTransformation,
-                   seed: int) -> TrainState:
-  if params is None:
-    params = model.init_params(jax.random.key(seed))
+def _initial_state(params, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
 
 
 def abstract_train_state(model: ipt.IPT, tx: optax.GradientTransformation,
                          config: ml_collections.ConfigDict, params=None) -> TrainState:
   """The shapes and dtypes of `create_train_state`'s result, computing nothing."""
-  return jax.eval_shape(functools.partial(_initial_state, model=model, tx=tx, seed=config.seed),
-                        params)
+  if params is None:
+    params = jax.eval_shape(model.init_params, jax.random.key(config.seed))
+  return jax.eval_shape(functools.partial(_initial_state, tx=tx), params)
 
 
 def create_train_state(model: ipt.IPT, tx: optax.GradientTransformation, mesh,
                        config: ml_collections.ConfigDict, params=None) -> TrainState:
   """A sharded TrainState at step 0, from fresh parameters (config.seed) or the given ones."""
+  if params is None:  # Every process draws the same values from the seed.
+    params = model.init_params(jax.random.key(config.seed))
   shardings = state_shardings(mesh, abstract_train_state(model, tx, config, params), config)
-  return jax.jit(functools.partial(_initial_state, model=model, tx=tx, seed=config.seed),
-                 out_shardings=shardings)(params)
+  return jax.jit(functools.partial(_initial_state, tx=tx), out_shardings=shardings)(params)
 
 
 def state_shardings(mesh, abstract_state: TrainState,
