@@ -8,7 +8,7 @@
       --tasks=sr_x2 --batch=4 --dtype=float32 --compare_official=PATH/Pretrained-IPT
 
 `train` and `infer` run on synthetic on-device data and print images/s, step time, achieved
-TFLOP/s and MFU, peak device memory and compile time. FLOPs are counted analytically from
+TFLOP/s and MFU, peak device memory, and the seconds to initialise and to compile. FLOPs are counted analytically from
 the model's matrix multiplications and convolutions (`forward_flops`; the paper model's x2
 forward is 66.6 GFLOP per 48x48 image, a training step 3x that): XLA's cost analysis leaves
 out cuBLAS / cuDNN calls on GPUs. The optimiser, loss and data settings come from --config
@@ -158,8 +158,8 @@ def _task() -> str:
   return tasks_lib.get(_TASKS.value[0]).name
 
 
-def _report(what: str, *, seconds: float, images: int, flops: float, compile_s: float,
-            unit: str):
+def _report(what: str, *, seconds: float, images: int, flops: float, init_s: float,
+            compile_s: float, unit: str):
   device = jax.devices()[0]
   tflops = flops / seconds / 1e12
   peak = _peak_tflops(device)
@@ -176,7 +176,7 @@ def _report(what: str, *, seconds: float, images: int, flops: float, compile_s: 
       if peak else ' (no peak known for this device: --peak_tflops for MFU)'))
   print(f'  peak device memory {memory:.1f} GiB' if memory is not None else
         '  peak device memory: not reported by this device')
-  print(f'  compile {compile_s:.1f} s')
+  print(f'  initialise {init_s:.1f} s, compile {compile_s:.1f} s')
 
 
 def benchmark_train() -> None:
@@ -186,7 +186,9 @@ def benchmark_train() -> None:
   parallel.check_batch_size(_BATCH.value, mesh)
   schedule = optimizer.learning_rate(config, optimizer.total_steps(config))
   tx = optimizer.make(config, model, schedule)
-  state = train.create_train_state(model, tx, mesh, config)
+  start = time.perf_counter()
+  state = jax.block_until_ready(train.create_train_state(model, tx, mesh, config))
+  init_s = time.perf_counter() - start
   step = train.make_train_steps(model, tx, schedule, config, mesh,
                                 jax.eval_shape(lambda s: s, state))[0]
   scale, patch = model.scale(0), model.patch_size
@@ -225,7 +227,8 @@ def benchmark_train() -> None:
     seconds = min(ours_times) * _STEPS.value
   images = _STEPS.value * _BATCH.value
   _report(f'train step, batch {_BATCH.value}', seconds=seconds, images=images,
-          flops=3 * forward_flops(model, 0) * images, compile_s=compile_s, unit='step')
+          flops=3 * forward_flops(model, 0) * images, init_s=init_s,
+          compile_s=compile_s, unit='step')
   if official is not None:
     _report_comparison(ours_times, official_times)
 
@@ -326,7 +329,9 @@ def build_official_model(path: str, model: ipt.IPT):
 
 def benchmark_infer() -> None:
   model = _model()
-  params = model.init_params(jax.random.key(_SEED.value))
+  start = time.perf_counter()
+  params = jax.block_until_ready(model.init_params(jax.random.key(_SEED.value)))
+  init_s = time.perf_counter() - start
   image_model = inference.ImageModel(model, params, 0, **_INFERENCE.image_model_args())
   image = np.random.default_rng(_SEED.value).integers(
       0, 256, (_IMAGE_SIZE.value, _IMAGE_SIZE.value, 3)).astype(np.float32)
@@ -344,8 +349,8 @@ def benchmark_infer() -> None:
         f'{_IMAGE_SIZE.value} image ({image_model.mode} tiling, tile batch '
         f'{image_model.tile_batch})')
   _report('whole-image inference', seconds=seconds, images=_STEPS.value,
-          flops=forward_flops(model, 0) * tiles * _STEPS.value, compile_s=compile_s,
-          unit='image')
+          flops=forward_flops(model, 0) * tiles * _STEPS.value, init_s=init_s,
+          compile_s=compile_s, unit='image')
 
 
 def write_jpeg_folder(folder: str, num_images: int, seed: int) -> None:

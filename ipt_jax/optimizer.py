@@ -108,7 +108,7 @@ def _clipping(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
 
 
 def make(config: ml_collections.ConfigDict, model: ipt.IPT,
-                   schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
+         schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
   """Gradient clipping, Adam and the schedule, skipping non-finite steps.
 
   One Adam over all parameters (official: inactive tasks' heads and tails move on their
