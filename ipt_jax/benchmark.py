@@ -8,12 +8,12 @@
       --tasks=sr_x2 --batch=4 --dtype=float32 --compare_official=PATH/Pretrained-IPT
 
 `train` and `infer` run on synthetic on-device data and print images/s, step time, achieved
-TFLOP/s and MFU, peak device memory, and the seconds to initialise and to compile. FLOPs are counted analytically from
-the model's matrix multiplications and convolutions (`forward_flops`; the paper model's x2
-forward is 66.6 GFLOP per 48x48 image, a training step 3x that): XLA's cost analysis leaves
-out cuBLAS / cuDNN calls on GPUs. The optimiser, loss and data settings come from --config
-(e.g. configs/pretrain.py, any field overridable); `--remat` and `--scan_layers` (default:
-the config's model fields) choose how the transformer layers run.
+TFLOP/s and MFU, peak device memory, and the seconds to initialise and to compile. FLOPs are
+counted analytically from the model's matrix multiplications and convolutions (`forward_flops`;
+the paper model's x2 forward is 66.6 GFLOP per 48x48 image, a training step 3x that): XLA's
+cost analysis leaves out cuBLAS / cuDNN calls on GPUs. The optimiser, loss and data settings
+come from --config (e.g. configs/pretrain.py, any field overridable); `--remat` and
+`--scan_layers` (default: the config's model fields) choose how the transformer layers run.
 
 `--compare_official=PATH` also builds the official PyTorch IPT from a checkout of
 huawei-noah/Pretrained-IPT (`model.ipt.ipt`, sized as the preset, one head and tail for the
