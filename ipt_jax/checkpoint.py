@@ -38,7 +38,7 @@ def save_params(directory, model: ipt.IPT, params):
 
 
 def abstract_params(model: ipt.IPT, sharding: jax.sharding.Sharding | None = None):
-  """Shapes, dtypes and shardings of `model`'s params, a restore target."""
+  """Shapes, dtypes and shardings of `model`'s params, the target to load them into."""
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(model.init_params, jax.random.key(0))
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
@@ -107,7 +107,7 @@ class TrainCheckpoints:
   """A training run's checkpoints: <workdir>/checkpoints/<step>/{params, model, train}.
 
   Saves asynchronously every `every` steps (and when forced), keeps the newest `keep`, and
-  restores the newest readable step; works on local and gs:// paths.
+  loads the newest readable step; works on local and gs:// paths.
   """
 
   def __init__(self, directory, model: ipt.IPT, *, every: int, keep: int):
@@ -185,7 +185,7 @@ class TrainCheckpoints:
         self._manager.reload()
     return None
 
-  def restore_latest(self, abstract_state, shardings):
+  def load_latest(self, abstract_state, shardings):
     """The newest intact state (shaped and sharded as given), or None when there is none.
 
     A step saved by another model config is an error naming the differing fields: resuming
@@ -201,7 +201,7 @@ class TrainCheckpoints:
         PARAMS: ocp.args.StandardRestore(target.params),
         TRAIN: ocp.args.StandardRestore({'step': target.step, 'opt_state': target.opt_state})}))
     integrity.check_finite(restored[PARAMS], self._step_dir(step))
-    logging.info('Restored checkpoint step %d from %s.', step, self._manager.directory)
+    logging.info('Loaded checkpoint step %d from %s.', step, self._manager.directory)
     return abstract_state.replace(params=restored[PARAMS], **restored[TRAIN])
 
   def _check_model_config(self, step: int):

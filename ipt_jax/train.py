@@ -247,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       f'{workdir}/checkpoints', model, every=config.checkpoint_every,
       keep=config.keep_checkpoints)
   # A run that resumes never initialises (or compiles the initialisation of) a fresh state.
-  state = (checkpoints.restore_latest(abstract_state, state_shardings(mesh, abstract_state, config))
+  state = (checkpoints.load_latest(abstract_state, state_shardings(mesh, abstract_state, config))
            or create_train_state(model, tx, mesh, config, params=init_params))
   start = int(state.step)
   logging.info('Training %s from step %d to %d on %d devices (mesh %s); %s parameters.',

@@ -155,7 +155,7 @@ def test_a_damaged_step_is_set_aside_and_the_previous_one_used(tmp_path, monkeyp
   abstract = jax.eval_shape(lambda s: s, state)
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
                            abstract)
-  restored = manager.restore_latest(abstract, shardings)
+  restored = manager.load_latest(abstract, shardings)
   manager.close()
   assert int(restored.step) == 1
   assert (tmp_path / 'checkpoints' / 'damaged_2').is_dir()
@@ -173,7 +173,7 @@ def test_another_models_workdir_is_an_error_and_nothing_is_renamed(tmp_path):
   with pytest.raises(errors.InputError, match=r'/2 was saved by another model config \(n_feats: '
                      r'saved 8, now 32; .*\); run with the config it was trained with to resume, '
                      'or give a new --workdir'):
-    manager.restore_latest(abstract, None)
+    manager.load_latest(abstract, None)
   manager.close()
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
 

@@ -73,7 +73,7 @@ def test_from_the_official_pt_runs_resumes_evaluates_and_restores(tmp_path, capl
   with caplog.at_level(logging.INFO):
     state = finetune.finetune(config_for('sr_x2', pt, num_heads=2, total_steps=3),
                               str(workdir))
-  assert 'Restored checkpoint step 2' in caplog.text
+  assert 'Loaded checkpoint step 2' in caplog.text
   assert int(state.step) == 3
 
   scores, _ = evaluate.evaluate(evaluate.Options(

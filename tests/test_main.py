@@ -96,7 +96,7 @@ def test_pre_empted_then_resumed_is_exact(trained_run, tmp_path, monkeypatch, ca
     state = train.train_and_evaluate(trained_config(), str(tmp_path))
   saved = steps_saved(tmp_path)[-1]
   assert saved == int(state.step) and STEPS // 2 < saved < STEPS
-  assert f'Restored checkpoint step {STEPS // 2} ' in caplog.text
+  assert f'Loaded checkpoint step {STEPS // 2} ' in caplog.text
   assert f'Pre-empted: saved step {saved}.' in caplog.text
   # Resumed from there, the run is bitwise the uninterrupted one: every loss, every weight.
   monkeypatch.setattr(progress, 'log', log)
