@@ -6,6 +6,8 @@
   python -m ipt_jax.benchmark --what=input --config=configs/pretrain.py [--source=folder:DIR]
   python -m ipt_jax.benchmark --what=train --config=configs/pretrain.py --preset=paper \
       --tasks=sr_x2 --batch=4 --dtype=float32 --compare_official=PATH/Pretrained-IPT
+  python -m ipt_jax.benchmark --what=infer --preset=paper --tasks=sr_x2 --image_size=72 \
+      --dtype=float32 --compare_official=PATH/Pretrained-IPT
 
 `train` and `infer` run on synthetic on-device data and print images/s, step time, achieved
 TFLOP/s and MFU, peak device memory, and the seconds to initialise and to compile. FLOPs are
@@ -17,10 +19,11 @@ come from --config (e.g. configs/pretrain.py, any field overridable); `--remat` 
 
 `--compare_official=PATH` also builds the official PyTorch IPT from a checkout of
 huawei-noah/Pretrained-IPT (`model.ipt.ipt`, sized as the preset, one head and tail for the
-task), loads the same weights (`torch_layout.to_torch`), and times its training step (L1 loss,
-torch.optim.Adam, as the official trainer) on the same batch in this process, alternating
-rounds with ours so that load from elsewhere on the machine affects both alike; it prints
-both (best and median step, images/s) and the ratio of their speeds.
+task), loads the same weights (`torch_layout.to_torch`), and times, in this process, its
+training step (L1 loss, torch.optim.Adam, as the official trainer) on the same batch, or its
+whole-image inference (`forward_chop` of its model/__init__.py, --tile_batch tiles per call)
+on the same image. The two sides alternate rounds so that load from elsewhere on the machine
+affects both alike; it prints both (best and median, images/s) and the ratio of their speeds.
 
 `input`: training samples per second out of the input pipeline (decode, crop, augment,
 degrade, batch), in total and per CPU core. Without `--source` it reads a temporary folder
@@ -77,13 +80,14 @@ _SCAN = flags.DEFINE_bool(
     'scan_layers', None, 'Run the encoder and decoder layers as two loops (IPT.scan_layers); '
     "default: the --config's model.scan_layers, else false.")
 _COMPARE = flags.DEFINE_string(
-    'compare_official', None, 'Train: also time the official PyTorch IPT (L1 loss, '
-    'torch.optim.Adam) with the same weights and batch, from this checkout of '
-    'huawei-noah/Pretrained-IPT (its model/ipt.py), side by side in this process, and print '
-    'the ratio. Needs torch.')
+    'compare_official', None, 'Train / infer: also time the official PyTorch IPT with the '
+    'same weights, from this checkout of huawei-noah/Pretrained-IPT (its model/ipt.py and '
+    'model/__init__.py): its training step (L1 loss, torch.optim.Adam) on the same batch, or '
+    'its forward_chop on the same image; side by side in this process, and print the ratio. '
+    'Needs torch.')
 _ROUNDS = flags.DEFINE_integer(
-    'rounds', 3, 'With --compare_official: alternating rounds of --steps steps each side '
-    '(the best step of all rounds counts).', lower_bound=1)
+    'rounds', 3, 'With --compare_official: alternating rounds of --steps steps (or images) '
+    'each side (the best of all rounds counts).', lower_bound=1)
 
 _IMAGENET_SIZE = (375, 500)  # Height, width: the most common ImageNet image size.
 # Dense bfloat16 TFLOP/s per device (vendor figures), by a substring of device_kind.
@@ -205,37 +209,39 @@ def benchmark_train() -> None:
   step = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
 
-  def run_ours(steps: int) -> list[float]:
+  def train_step():
     nonlocal state
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      state, metrics = step(state, batch)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - start)
-    return times
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
 
+  run_ours = lambda steps: _times(train_step, steps)
   run_ours(_WARMUP_STEPS.value)
   if official is None:
     seconds = sum(run_ours(_STEPS.value))
   else:
-    official.run(_WARMUP_STEPS.value)
-    ours_times, official_times = [], []
-    for _ in range(_ROUNDS.value):  # Back to back, so that the machine's load hits both alike.
-      ours_times += _after_pause(run_ours)
-      official_times += _after_pause(official.run)
+    ours_times, official_times = _side_by_side(run_ours, official.run)
     seconds = min(ours_times) * _STEPS.value
   images = _STEPS.value * _BATCH.value
   _report(f'train step, batch {_BATCH.value}', seconds=seconds, images=images,
           flops=3 * forward_flops(model, 0) * images, init_s=init_s,
           compile_s=compile_s, unit='step')
   if official is not None:
-    _report_comparison(ours_times, official_times)
+    _report_comparison(ours_times, official_times, unit='step', images=_BATCH.value)
 
 
 # Seconds between the two sides' rounds: XLA's and PyTorch's thread pools spin a while after
 # their last task and would slow the other side's first steps.
 _PAUSE_S = 1.
+
+
+def _times(run: Callable[[], object], count: int) -> list[float]:
+  """The seconds of each of `count` calls of `run`."""
+  times = []
+  for _ in range(count):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return times
 
 
 def _after_pause(run: Callable[[int], list[float]]) -> list[float]:
@@ -245,13 +251,25 @@ def _after_pause(run: Callable[[int], list[float]]) -> list[float]:
   return run(_STEPS.value)
 
 
-def _report_comparison(ours: list[float], official: list[float]):
-  batch = _BATCH.value
-  print(f'side by side, {_ROUNDS.value} rounds of {_STEPS.value} steps each, best step '
-        f'(median) in seconds:')
+def _side_by_side(run_ours: Callable[[int], list[float]],
+                  run_official: Callable[[int], list[float]]) -> tuple[list[float], list[float]]:
+  """--rounds alternating rounds of each side (after --warmup_steps of the official side):
+  the times of every timed step, ours and official."""
+  run_official(_WARMUP_STEPS.value)
+  ours, official = [], []
+  for _ in range(_ROUNDS.value):  # Back to back, so that the machine's load hits both alike.
+    ours += _after_pause(run_ours)
+    official += _after_pause(run_official)
+  return ours, official
+
+
+def _report_comparison(ours: list[float], official: list[float], *, unit: str, images: int):
+  units = unit + 's' * (_STEPS.value > 1)
+  print(f'side by side, {_ROUNDS.value} rounds of {_STEPS.value} {units} each, best {unit} '
+        '(median) in seconds:')
   for name, times in (('ipt-jax', ours), ('official PyTorch', official)):
-    print(f'  {name:17s} {min(times):.3f} s ({np.median(times):.3f} s) per step, '
-          f'{batch / min(times):,.2f} images/s')
+    print(f'  {name:17s} {min(times):.3f} s ({np.median(times):.3f} s) per {unit}, '
+          f'{images / min(times):,.2f} images/s')
   ratio, median_ratio = min(official) / min(ours), np.median(official) / np.median(ours)
   faster = 'ipt-jax' if ratio >= 1 else 'official'
   print(f'  speed ratio ipt-jax / official: {ratio:.2f} (medians: {median_ratio:.2f}); '
@@ -288,15 +306,56 @@ class OfficialTrainStep:
           '(of 255)')
 
   def run(self, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      self.optimizer.zero_grad()
-      loss = self._torch.nn.functional.l1_loss(self.net(self.lq), self.hq)
-      loss.backward()
-      self.optimizer.step()
-      times.append(time.perf_counter() - start)
-    return times
+    return _times(self._step, steps)
+
+  def _step(self):
+    self.optimizer.zero_grad()
+    self._torch.nn.functional.l1_loss(self.net(self.lq), self.hq).backward()
+    self.optimizer.step()
+
+
+class OfficialWholeImage:
+  """The official whole-image inference on a CPU: `Model.forward_chop` of the checkout's
+  model/__init__.py (48x48 tiles 12 px apart, averaged), `tile_batch` tiles per call, with
+  ipt-jax's weights.
+
+  forward_chop is written for a GPU: its `.cuda()` calls are made the identity while it runs
+  and its `P.data_parallel(model, tiles, devices)` a plain call of the model on the CPU.
+  """
+
+  def __init__(self, path: str, model: ipt.IPT, params, image: np.ndarray, tile_batch: int):
+    import importlib  # pylint: disable=g-import-not-at-top
+    import types  # pylint: disable=g-import-not-at-top
+
+    import torch  # pylint: disable=g-import-not-at-top
+
+    from ipt_jax import torch_layout  # pylint: disable=g-import-not-at-top
+    self._torch = torch
+    net = build_official_model(path, model)
+    net.load_state_dict(torch_layout.to_torch(params, model), strict=True)
+    net.eval()
+    official = importlib.import_module('model')  # The checkout's model/__init__.py.
+    official.P = types.SimpleNamespace(data_parallel=lambda module, tiles, devices: module(tiles))
+    chopper = official.Model.__new__(official.Model)  # Its __init__ loads a checkpoint file.
+    torch.nn.Module.__init__(chopper)
+    chopper.model, chopper.patch_size, chopper.n_GPUs = net, model.patch_size, 1
+    chopper.scale, chopper.idx_scale = [model.scale(0)], 0
+    chopper.args = types.SimpleNamespace(crop_batch_size=tile_batch)
+    self._forward_chop = chopper.forward_chop
+    self._image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
+
+  def __call__(self) -> np.ndarray:
+    """The restored image, [height, width, 3] (not clipped or rounded)."""
+    cuda = self._torch.Tensor.cuda
+    self._torch.Tensor.cuda = lambda tensor, *args, **kwargs: tensor
+    try:
+      with self._torch.no_grad():
+        return self._forward_chop(self._image)[0].numpy().transpose(1, 2, 0)
+    finally:
+      self._torch.Tensor.cuda = cuda
+
+  def run(self, images: int) -> list[float]:
+    return _times(self, images)
 
 
 def _check_official_checkout(path: str):
@@ -336,14 +395,19 @@ def benchmark_infer() -> None:
   image = np.random.default_rng(_SEED.value).integers(
       0, 256, (_IMAGE_SIZE.value, _IMAGE_SIZE.value, 3)).astype(np.float32)
   start = time.perf_counter()
-  image_model(image)  # Compiles the tile function.
+  restored = image_model(image)  # Compiles the tile function.
   compile_s = time.perf_counter() - start
-  for _ in range(_WARMUP_STEPS.value):
-    image_model(image)
-  start = time.perf_counter()
-  for _ in range(_STEPS.value):
-    image_model(image)
-  seconds = time.perf_counter() - start
+  run_ours = lambda images: _times(lambda: image_model(image), images)
+  run_ours(_WARMUP_STEPS.value)
+  if _COMPARE.value:
+    official = OfficialWholeImage(_COMPARE.value, model, params, image, image_model.tile_batch)
+    print(f'same weights and image: the restored images differ by at most '
+          f'{np.abs(restored - official()).max():.2g} (of 255; {image_model.mode} tiling here, '
+          'forward_chop there)')
+    ours_times, official_times = _side_by_side(run_ours, official.run)
+    seconds = min(ours_times) * _STEPS.value
+  else:
+    seconds = sum(run_ours(_STEPS.value))
   tiles = image_model.num_tiles(_IMAGE_SIZE.value, _IMAGE_SIZE.value)
   print(f'{tiles} tiles of {model.patch_size}x{model.patch_size} per {_IMAGE_SIZE.value}x'
         f'{_IMAGE_SIZE.value} image ({image_model.mode} tiling, tile batch '
@@ -351,6 +415,8 @@ def benchmark_infer() -> None:
   _report('whole-image inference', seconds=seconds, images=_STEPS.value,
           flops=forward_flops(model, 0) * tiles * _STEPS.value, init_s=init_s,
           compile_s=compile_s, unit='image')
+  if _COMPARE.value:
+    _report_comparison(ours_times, official_times, unit='image', images=1)
 
 
 def write_jpeg_folder(folder: str, num_images: int, seed: int) -> None:
@@ -425,8 +491,8 @@ def main(argv):
   elif _CONFIG.value is not None:
     parallel.initialize('off', _CONFIG.value.mesh.cpu_devices)
   if _COMPARE.value:
-    if _WHAT.value != 'train':
-      raise errors.FlagError('--compare_official goes with --what=train.')
+    if _WHAT.value == 'input':
+      raise errors.FlagError('--compare_official goes with --what=train or --what=infer.')
     _check_official_checkout(_COMPARE.value)
   {'train': benchmark_train, 'infer': benchmark_infer, 'input': benchmark_input}[_WHAT.value]()
 

@@ -256,7 +256,7 @@ def methods(options: Options, tasks: Sequence[tasks_lib.Task]) -> tuple[list[Met
                                         overlap=options.overlap, tile_batch=options.tile_batch,
                                         self_ensemble=options.self_ensemble) for t in tasks]
   for image_model in image_models:  # Compile now, so that the timings measure restoring alone.
-    image_model(np.zeros((image_model.patch, image_model.patch, 3), np.float32))
+    image_model.compile()
   return image_models, {'model': 'ipt', 'checkpoint': options.checkpoint,
                         'checkpoint_tasks': list(model.tasks), 'num_heads': model.num_heads}
 

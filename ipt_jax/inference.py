@@ -16,8 +16,11 @@ one quirk of the official code, so a weight map is a sum of a few outer products
 profiles (`_AxisTiling`), and the normaliser is one too: nothing image-sized is needed but the
 output itself.
 
-Tiles go through one jitted function in batches of a fixed size (the last batch padded), compiled
-once per (model, task, tile batch size), whatever the image size. Each batch is split over the
+Tiles go through one jitted function in calls of `tile_batch` tiles. The rest of an image's
+tiles go in calls of decreasing powers of two times the device count (a 72x72 image's 9 official
+tiles: 8 + 1, not one call padded to 64), so no tile is computed twice and a (model, task)
+compiles at most 1 + log2(tile_batch / devices) call shapes, whatever the image sizes
+(`ImageModel.compile` compiles them all). Each call is split over the
 local devices (a CPU split into one device per core, `parallel.initialize(cpu_devices=...)`, runs
 every tile batch on all cores). Tiles are cut from the image batch by batch and their outputs
 summed into a numpy array on the host, so memory is the output plus one batch. The model's dtype
@@ -212,8 +215,8 @@ class ImageModel:
     task: index of the task in model.tasks.
     mode: 'official' (forward_chop) or 'fast' (see the module docstring).
     overlap: 'fast' only: pixels shared by neighbouring tiles, in [0, patch).
-    tile_batch: tiles per model call (a fixed shape: one compilation for all image sizes),
-      rounded up to a multiple of the number of devices.
+    tile_batch: tiles per model call, rounded up to a multiple of the number of devices (an
+      image's last tiles: smaller calls, see above).
     self_ensemble: average the 8 flips / transposes of the whole image, each restored and
       transformed back, as the official forward_x8 (whole-image, so that 'official' stays exact).
     devices: the devices that share each batch of tiles (default: all of this process's).
@@ -231,6 +234,7 @@ class ImageModel:
     self.mode = mode
     self.overlap = overlap
     self.tile_batch = -(-tile_batch // mesh.size) * mesh.size  # An equal share per device.
+    self.call_sizes = _call_sizes(self.tile_batch, mesh.size)
     self.self_ensemble = self_ensemble
     self.scale = model.scale(task)
     self.patch = model.patch_size
@@ -239,6 +243,15 @@ class ImageModel:
     """Model evaluations (tiles) for one height x width image."""
     return num_tiles(height, width, mode=self.mode, overlap=self.overlap,
                      self_ensemble=self.self_ensemble, patch=self.patch)
+
+  def compile(self):
+    """Compiles the model for every call shape now (one call each on blank tiles)."""
+    for size in self.call_sizes:
+      jax.block_until_ready(self._apply(np.zeros((size, self.patch, self.patch, 3), np.float32)))
+
+  def _apply(self, tiles: np.ndarray) -> jax.Array:
+    return _apply_tiles(self.params, jax.device_put(tiles, self._tile_sharding),
+                        model=self.model, task=self.task)
 
   def __call__(self, image: Any) -> np.ndarray:
     """[H, W, 3] (float or uint8, in [0, 255]) -> [H*s, W*s, 3], unclipped and unrounded.
@@ -269,7 +282,7 @@ class ImageModel:
 
   def _weighted_sum(self, image: np.ndarray, rows: _AxisTiling, cols: _AxisTiling) -> np.ndarray:
     """sum over tiles of weight * model(tile), placed at the tiles' output positions."""
-    size = self.patch * self.scale
+    out_size = self.patch * self.scale  # Of a tile's output.
     dtype = jax.dtypes.canonicalize_dtype(jnp.promote_types(self.model.dtype, jnp.float32))
     output = np.zeros((image.shape[0] * self.scale, image.shape[1] * self.scale, 3), dtype)
 
@@ -277,21 +290,21 @@ class ImageModel:
       for (a, b), tile_output in zip(tiles, np.asarray(outputs)):
         weight = np.einsum('ki,kj->ij', rows.weights[:, a], cols.weights[:, b])
         top, left = rows.starts[a] * self.scale, cols.starts[b] * self.scale
-        output[top:top + size, left:left + size] += weight.astype(dtype)[..., None] * tile_output
+        output[top:top + out_size, left:left + out_size] += (
+            weight.astype(dtype)[..., None] * tile_output)
 
     pending = None
-    for tiles in _batches(itertools.product(range(len(rows.starts)), range(len(cols.starts))),
-                          self.tile_batch):
-      batch = np.zeros((self.tile_batch, self.patch, self.patch, 3), np.float32)
-      for k, (a, b) in enumerate(tiles):
+    tiles = list(itertools.product(range(len(rows.starts)), range(len(cols.starts))))
+    for call_tiles, call_size in _calls(tiles, self.call_sizes):
+      batch = np.zeros((call_size, self.patch, self.patch, 3), np.float32)
+      for k, (a, b) in enumerate(call_tiles):
         batch[k] = image[rows.starts[a]:rows.starts[a] + self.patch,
                          cols.starts[b]:cols.starts[b] + self.patch]
-      outputs = _apply_tiles(self.params, jax.device_put(batch, self._tile_sharding),
-                             model=self.model, task=self.task)
-      # The device runs this batch while the host adds up the previous one.
+      outputs = self._apply(batch)
+      # The device runs this call while the host adds up the previous one.
       if pending:
         add(*pending)
-      pending = tiles, outputs
+      pending = call_tiles, outputs
     add(*pending)
     return output
 
@@ -301,10 +314,21 @@ def image_model(model, params, task_name: str, **options) -> ImageModel:
   return ImageModel(model, params, tasks_lib.index(task_name, model.tasks), **options)
 
 
-def _batches(items: Iterator, size: int) -> Iterator[list]:
-  iterator = iter(items)
-  while batch := list(itertools.islice(iterator, size)):
-    yield batch
+def _call_sizes(tile_batch: int, devices: int) -> list[int]:
+  """The tiles per call, smallest first: devices x 1, 2, 4, ... below tile_batch, then it."""
+  sizes = [devices]
+  while sizes[-1] * 2 < tile_batch:
+    sizes.append(sizes[-1] * 2)
+  return sizes + [tile_batch] if sizes[-1] < tile_batch else sizes
+
+
+def _calls(tiles: list, sizes: list[int]) -> Iterator[tuple[list, int]]:
+  """(tiles, call size): each call the largest size that the tiles left fill (the last one,
+  fewer than the smallest size, padded to it)."""
+  while tiles:
+    size = next((size for size in reversed(sizes) if size <= len(tiles)), sizes[0])
+    yield tiles[:size], size
+    tiles = tiles[size:]
 
 
 def _normalise(output: np.ndarray, row_totals: np.ndarray, col_totals: np.ndarray):

@@ -151,8 +151,8 @@ def restore_files(image_paths: Sequence[str], image_model: inference.ImageModel,
                   suffix: str) -> list[str]:
   """Restores each image into `output_dir`; returns the paths that failed (each reported).
 
-  Says for each image its output, sizes and seconds (the first also compiles the model), and
-  at the end how many were written.
+  Says for each image its output, sizes and seconds (the first also compiles the model, a later
+  one any tile call size that it is the first to need), and at the end how many were written.
   """
   output_dir = files.prepare_output_dir(output_dir)
   inputs = {os.path.realpath(p) for p in image_paths}

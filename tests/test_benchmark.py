@@ -68,11 +68,32 @@ def test_side_by_side_with_the_official_model():
   assert re.search(r'speed ratio ipt-jax / official: [\d.]+', out), out
 
 
+@pytest.mark.skipif(not os.path.isfile(os.path.join(OFFICIAL, 'model', 'ipt.py')),
+                    reason='set PRETRAINED_IPT_DIR to a checkout of huawei-noah/Pretrained-IPT')
+def test_whole_image_inference_beside_the_official_forward_chop():
+  pytest.importorskip('torch')
+  out = run('--what=infer', '--preset=tiny', '--tasks=sr_x2', '--image_size=61',
+            '--tile_batch=8', '--steps=1', '--rounds=1', '--warmup_steps=0',
+            f'--compare_official={OFFICIAL}')
+  # The official tiling here, forward_chop there: the same image up to float32 rounding.
+  match = re.search(r'restored images differ by at most ([\d.e+-]+)', out)
+  assert match and float(match[1]) < 0.05, out
+  assert re.search(r'official PyTorch +[\d.]+ s \([\d.]+ s\) per image', out), out
+  assert re.search(r'speed ratio ipt-jax / official: [\d.]+', out), out
+
+
 def test_compare_official_needs_a_checkout(tmp_path):
   result = run_command('benchmark', '--what=train', '--config=configs/pretrain.py',
                        '--preset=tiny', '--tasks=sr_x2', '--batch=2',
                        f'--compare_official={tmp_path}')
   assert result.returncode == 1 and 'no model/ipt.py there' in result.stderr, result.stderr
+
+
+def test_compare_official_is_refused_for_the_input_benchmark(tmp_path):
+  result = run_command('benchmark', '--what=input', '--config=configs/pretrain.py',
+                       f'--compare_official={tmp_path}')
+  assert result.returncode == 2, result.stderr
+  assert '--compare_official goes with --what=train or --what=infer' in result.stderr
 
 
 def test_input_benchmark_command():

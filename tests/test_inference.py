@@ -1,5 +1,5 @@
 """Whole-image tiled inference: the official forward_chop reproduced against its outputs, coverage
-and weight normalisation of both tilings, self-ensemble, one compilation for all image sizes, and
+and weight normalisation of both tilings, self-ensemble, the batch shapes compiled for all image sizes, and
 errors for bad inputs."""
 import re
 
@@ -219,13 +219,40 @@ def test_self_ensemble_is_the_mean_of_the_eight_transformed_runs(tiny, official)
   assert np.abs(runs[0] - runs[-1]).max() > 1e-2
 
 
-def test_one_compilation_for_all_image_sizes():
+def test_compile_covers_every_image_size():
   model = NearestStub(2)
+  image_model = inference.ImageModel(model, {}, 0, tile_batch=8)
+  image_model.compile()
+  assert image_model.call_sizes == [1, 2, 4, 8] and model.traces == 4
   for mode in inference.MODES:
-    image_model = inference.ImageModel(model, {}, 0, mode=mode, tile_batch=4)
+    image_model = inference.ImageModel(model, {}, 0, mode=mode, tile_batch=8)
     for height, width in [(48, 48), (70, 61), (130, 97), (20, 300)]:
       image_model(random_image(height, width))
-  assert model.traces == 1
+  assert model.traces == 4
+
+
+@pytest.mark.parametrize('tile_batch,calls', [
+    (64, [8, 1]),  # 70x61, official tiling: 9 tiles, none computed twice.
+    (4, [4, 4, 1]),
+    (6, [6, 2, 1]),
+])
+def test_tiles_run_in_full_calls_then_powers_of_two(monkeypatch, tile_batch, calls):
+  sizes = []
+  apply_tiles = inference._apply_tiles
+  monkeypatch.setattr(inference, '_apply_tiles', lambda params, batch, **kwargs: sizes.append(
+      len(batch)) or apply_tiles(params, batch, **kwargs))
+  image_model = inference.ImageModel(NearestStub(1), {}, 0, tile_batch=tile_batch)
+  assert image_model.num_tiles(70, 61) == 9
+  image = random_image(70, 61)
+  np.testing.assert_array_equal(image_model(image), image)
+  assert sizes == calls
+
+
+def test_with_two_devices_every_call_is_an_even_share():
+  sizes = inference._call_sizes(64, devices=2)
+  assert sizes == [2, 4, 8, 16, 32, 64]
+  calls = [size for _, size in inference._calls(list(range(75)), sizes)]
+  assert calls == [64, 8, 2, 2]  # The last tile padded to 2.
 
 
 def test_integer_and_jax_inputs_give_the_same_result():
