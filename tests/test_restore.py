@@ -145,7 +145,7 @@ def test_tiny_image(tmp_path, sr_x2):
   assert image.mode == 'RGB' and image.size == (20, 20)
 
 
-def test_large_image_in_fixed_size_tile_batches(tmp_path):
+def test_large_image_in_calls_of_tiles(tmp_path):
   # The tiny model runs ~60 tiles/s on a CPU, ~70 s for this image's 4187 'fast' tiles, so a
   # stub model stands in; the tiling, batching and file handling are the same.
   height, width = 2000, 3000
