@@ -53,11 +53,17 @@ def shared_path(*parts: str) -> pathlib.Path:
 # Python code that makes TensorFlow unimportable in the process running it: prepended to
 # `python -c` programs that check what runs without TensorFlow (the GPU machines lack it).
 BLOCK_TENSORFLOW = """
-import importlib.abc, sys
-class _BlockTensorFlow(importlib.abc.MetaPathFinder):
+import importlib.abc, importlib.machinery, sys
+class _BlockTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+  # Importing it fails as on a machine without it; probing it (importlib.util.find_spec, as
+  # torch does) gets a spec with no origin instead of an error.
   def find_spec(self, name, path, target=None):
     if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
-      raise ImportError('blocked ' + name)
+      return importlib.machinery.ModuleSpec(name, self)
+  def create_module(self, spec):
+    raise ModuleNotFoundError('blocked ' + spec.name, name=spec.name)
+  def exec_module(self, module):
+    pass
 sys.meta_path.insert(0, _BlockTensorFlow())
 """
 

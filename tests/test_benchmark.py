@@ -55,30 +55,22 @@ OFFICIAL = os.environ.get('PRETRAINED_IPT_DIR', '')
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(OFFICIAL, 'model', 'ipt.py')),
                     reason='set PRETRAINED_IPT_DIR to a checkout of huawei-noah/Pretrained-IPT')
-def test_side_by_side_with_the_official_model():
+@pytest.mark.parametrize('args,unit,same', [
+    (('--what=train', '--config=configs/pretrain.py', '--tasks=sr_x3', '--batch=2'), 'step',
+     'outputs differ by at most'),
+    # The official tiling here, forward_chop there: the same image.
+    (('--what=infer', '--tasks=sr_x2', '--image_size=61', '--tile_batch=8'), 'image',
+     'restored images differ by at most'),
+])
+def test_side_by_side_with_the_official_model(args, unit, same):
   pytest.importorskip('torch')
-  out = run('--what=train', '--config=configs/pretrain.py', '--preset=tiny', '--tasks=sr_x3',
-            '--batch=2', '--steps=1', '--rounds=2', '--warmup_steps=0',
+  out = run(*args, '--preset=tiny', '--steps=1', '--rounds=2', '--warmup_steps=0',
             f'--compare_official={OFFICIAL}')
   # The same weights in both: the outputs agree to float32 rounding.
-  match = re.search(r'outputs differ by at most ([\d.e+-]+)', out)
+  match = re.search(rf'{same} ([\d.e+-]+)', out)
   assert match and float(match[1]) < 0.05, out
-  assert re.search(r'ipt-jax +[\d.]+ s \([\d.]+ s\) per step', out), out
-  assert re.search(r'official PyTorch +[\d.]+ s \([\d.]+ s\) per step', out), out
-  assert re.search(r'speed ratio ipt-jax / official: [\d.]+', out), out
-
-
-@pytest.mark.skipif(not os.path.isfile(os.path.join(OFFICIAL, 'model', 'ipt.py')),
-                    reason='set PRETRAINED_IPT_DIR to a checkout of huawei-noah/Pretrained-IPT')
-def test_whole_image_inference_beside_the_official_forward_chop():
-  pytest.importorskip('torch')
-  out = run('--what=infer', '--preset=tiny', '--tasks=sr_x2', '--image_size=61',
-            '--tile_batch=8', '--steps=1', '--rounds=1', '--warmup_steps=0',
-            f'--compare_official={OFFICIAL}')
-  # The official tiling here, forward_chop there: the same image up to float32 rounding.
-  match = re.search(r'restored images differ by at most ([\d.e+-]+)', out)
-  assert match and float(match[1]) < 0.05, out
-  assert re.search(r'official PyTorch +[\d.]+ s \([\d.]+ s\) per image', out), out
+  for side in ('ipt-jax', 'official PyTorch'):
+    assert re.search(rf'{side} +[\d.]+ s \([\d.]+ s\) per {unit}', out), out
   assert re.search(r'speed ratio ipt-jax / official: [\d.]+', out), out
 
 
