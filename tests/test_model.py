@@ -126,6 +126,27 @@ def test_bfloat16_compute_stays_close_to_float32():
   assert float(err.mean()) < 1.0, float(err.mean())
 
 
+@pytest.mark.parametrize('dtype,tolerance', [('float64', 1e-12), ('float32', 1e-5)])
+def test_attention_normalised_after_the_product_is_softmax_attention(dtype, tolerance):
+  with jax.enable_x64(dtype == 'float64'):
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (3 * jax.random.normal(key, (2, 3, 16, 8), dtype) for key in keys)
+
+    def softmax_first(q, k, v):
+      logits = jnp.einsum('bnqd,bnkd->bnqk', q, k) / np.sqrt(q.shape[-1])
+      return jnp.einsum('bnqk,bnkd->bnqd', jax.nn.softmax(logits, axis=-1), v)
+
+    expected, got = softmax_first(q, k, v), ipt.dot_product_attention(q, k, v)
+    assert got.dtype == q.dtype
+    np.testing.assert_allclose(got, expected, atol=tolerance * np.abs(expected).max())
+    grad = lambda f: jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2))(q, k, v)
+    for got_grad, expected_grad in zip(grad(ipt.dot_product_attention), grad(softmax_first)):
+      np.testing.assert_allclose(got_grad, expected_grad,
+                                 atol=tolerance * np.abs(expected_grad).max())
+    # Logits in the thousands: exp without the max shift would overflow.
+    assert np.all(np.isfinite(ipt.dot_product_attention(100 * q, 100 * k, v)))
+
+
 @pytest.fixture(scope='module')
 def float64_reference():
   """A float64 model, its parameters, an input, and the loss and gradients of the unrolled one."""
