@@ -1,6 +1,6 @@
 """Whole-image tiled inference: the official forward_chop reproduced against its outputs, coverage
-and weight normalisation of both tilings, self-ensemble, the batch shapes compiled for all image sizes, and
-errors for bad inputs."""
+and weight normalisation of both tilings, self-ensemble, the calls the tiles run in (and the few
+shapes compiled for all image sizes), and errors for bad inputs."""
 import re
 
 import jax
