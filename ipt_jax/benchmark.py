@@ -284,10 +284,8 @@ class OfficialTrainStep:
                config):
     import torch  # pylint: disable=g-import-not-at-top
 
-    from ipt_jax import torch_layout  # pylint: disable=g-import-not-at-top
     self._torch = torch
-    self.net = build_official_model(path, model)
-    self.net.load_state_dict(torch_layout.to_torch(params, model), strict=True)
+    self.net = build_official_model(path, model, params)
     self.net.train()
     opt = config.optimizer
     self.optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad],
@@ -329,10 +327,8 @@ class OfficialWholeImage:
 
     import torch  # pylint: disable=g-import-not-at-top
 
-    from ipt_jax import torch_layout  # pylint: disable=g-import-not-at-top
     self._torch = torch
-    net = build_official_model(path, model)
-    net.load_state_dict(torch_layout.to_torch(params, model), strict=True)
+    net = build_official_model(path, model, params)
     net.eval()
     official = importlib.import_module('model')  # The checkout's model/__init__.py.
     official.P = types.SimpleNamespace(data_parallel=lambda module, tiles, devices: module(tiles))
@@ -364,9 +360,12 @@ def _check_official_checkout(path: str):
                             'of https://github.com/huawei-noah/Pretrained-IPT.')
 
 
-def build_official_model(path: str, model: ipt.IPT):
-  """The official `model.ipt.ipt` of the checkout at `path`, sized as `model`, for its tasks."""
+def build_official_model(path: str, model: ipt.IPT, params):
+  """The official `model.ipt.ipt` of the checkout at `path`, sized as `model`, for its tasks,
+  holding `params` (ipt-jax's, in the official layout)."""
   import types  # pylint: disable=g-import-not-at-top
+
+  from ipt_jax import torch_layout  # pylint: disable=g-import-not-at-top
   _check_official_checkout(path)
   dim = model.n_feats * model.patch_dim**2
   if model.mlp_dim != 4 * dim or tuple(model.rgb_mean) != ipt.RGB_MEAN:
@@ -383,6 +382,7 @@ def build_official_model(path: str, model: ipt.IPT):
       pos_every=False, no_pos=False, no_norm=False)
   net = official_ipt.ipt(args)
   net.set_scale(0)
+  net.load_state_dict(torch_layout.to_torch(params, model), strict=True)
   return net
 
 
