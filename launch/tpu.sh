@@ -43,9 +43,12 @@ usage() {
 Usage: launch/tpu.sh SUBCOMMAND [--flag=VALUE ...] [--dry_run]
 
   create  --accelerator=TYPE [--version=RUNTIME] [--spot] [--direct [--preemptible]]
-          Request the TPU VM as a queued resource and wait (checking its state every minute)
-          until it is ACTIVE: capacity that is short now is granted when it frees up. --direct:
-          create the TPU VM at once instead (fails when capacity is short).
+          [--module=ipt_jax.main] [--config=FILE] [--config.FIELD=VALUE ...] [--skip_preflight]
+          First the preflight (python -m ipt_jax.preflight, on this machine, no TPU needed):
+          compile the job's config for TYPE and stop, with its one line, if it would not fit.
+          Then request the TPU VM as a queued resource and wait (checking its state every
+          minute) until it is ACTIVE: capacity that is short now is granted when it frees up.
+          --direct: create the TPU VM at once instead (fails when capacity is short).
   setup   [--repo=URL [--branch=REF]] [--python=3.11]
           On every worker: copy this checkout (or clone --repo) to ~/ipt-jax, make the virtualenv
           ~/ipt-jax/.venv with Python --python (uv installs it: the TPU images ship 3.10), install
@@ -57,8 +60,9 @@ Usage: launch/tpu.sh SUBCOMMAND [--flag=VALUE ...] [--dry_run]
           the background on every worker (it outlives the ssh session; its log is ~/ipt-jax.log).
           A multi-host slice needs a gs:// workdir. Running it again resumes from the workdir.
   resume  the flags of create, setup and run
-          After a pre-emption: delete the TPU (and its queued resource), create it again, set it
-          up and run the same job, which resumes from the newest checkpoint in the workdir.
+          After a pre-emption: the preflight, then delete the TPU (and its queued resource),
+          create it again, set it up and run the same job, which resumes from the newest
+          checkpoint in the workdir.
   logs    [--worker=0|N|all] [--lines=100] [--follow]
           Show the end of the job's log.
   status  [--direct]   The queued resource's state, the TPU's state, health and upcoming
@@ -75,7 +79,9 @@ Every subcommand takes (defaults from the environment; flags win):
 --accelerator defaults to $IPT_TPU_ACCELERATOR (e.g. v4-32, v5litepod-16, v6e-8); --version
 to the runtime recommended for that TPU generation; --config to configs/pretrain.py for the
 default module ipt_jax.main (ipt_jax.finetune needs one: --config=configs/finetune.py:sr_x2).
---config.FIELD=VALUE flags reach the program exactly as given (quote values with spaces).
+--config.FIELD=VALUE flags reach the program exactly as given (quote values with spaces). The
+preflight runs with $IPT_PYTHON (default python3) from this checkout, where the project and
+jax[tpu] are installed; --skip_preflight skips it.
 EOF
 }
 
@@ -99,7 +105,7 @@ value_flags() {
   local create='accelerator version' setup='repo branch python'
   local run='accelerator workdir data_dir module config'
   case $1 in
-    create) echo name zone project "$create" ;;
+    create) echo name zone project "$create" module config ;;
     setup) echo name zone project "$setup" ;;
     run) echo name zone project "$run" ;;
     resume) echo name zone project "$create" "$setup" "$run" ;;
@@ -109,7 +115,7 @@ value_flags() {
 }
 switch_flags() {
   case $1 in
-    create | resume) echo dry_run spot preemptible direct ;;
+    create | resume) echo dry_run spot preemptible direct skip_preflight ;;
     logs) echo dry_run follow ;;
     status | delete) echo dry_run direct ;;
     setup | run | stop) echo dry_run ;;
@@ -124,7 +130,7 @@ parse_flags() {
     case $arg in
       -h | --help) usage; exit 0 ;;
       --config.*=*)
-        [[ $SUB == run || $SUB == resume ]] || die "'$SUB' takes no config overrides (got $arg)"
+        in_list "$SUB" 'create run resume' || die "'$SUB' takes no config overrides (got $arg)"
         OVERRIDES+=("$arg") ;;
       --config.*) die "write config overrides as --config.FIELD=VALUE (got $arg)" ;;
       --*=*)
@@ -227,8 +233,24 @@ wait_until_active() {
   exit 1  # describe failed; gcloud said why.
 }
 
+# Compiles the job's config for the accelerator type on this machine and stops with the
+# preflight's line when it would not fit, before any TPU is requested.
+do_preflight() {
+  ((!SKIP_PREFLIGHT)) || return 0
+  local status=0
+  (cd "$ROOT" && run_or_print "$LOCAL_PYTHON" -m ipt_jax.preflight --config="$CONFIG" \
+    --topology="$ACCELERATOR" --search_batch=false ${OVERRIDES[@]+"${OVERRIDES[@]}"}) || status=$?
+  if ((status)); then
+    echo "$SCRIPT_NAME: the preflight failed (above): no TPU was requested." \
+      "--skip_preflight skips it" >&2
+    exit "$status"
+  fi
+}
+
 cmd_create() {
   check_create
+  check_module_config
+  do_preflight
   do_create
 }
 
@@ -306,6 +328,7 @@ cmd_resume() {
   check_create
   check_setup
   check_run
+  do_preflight
   # --quiet: no confirmation prompt. Gone already (deleted by hand): go on and create it.
   delete_tpu --quiet ||
     echo "$SCRIPT_NAME: could not delete $NAME (see above); creating it anyway" >&2
@@ -367,7 +390,8 @@ main() {
   NAME=${IPT_TPU_NAME:-} ZONE=${IPT_TPU_ZONE:-} PROJECT=${IPT_TPU_PROJECT:-}
   ACCELERATOR=${IPT_TPU_ACCELERATOR:-} VERSION='' REPO='' BRANCH='' WORKDIR='' DATA_DIR=''
   MODULE=ipt_jax.main CONFIG='' WORKER=0 LINES=100 PYTHON=3.11 OVERRIDES=()
-  DRY_RUN=0 SPOT=0 PREEMPTIBLE=0 DIRECT=0 FOLLOW=0
+  DRY_RUN=0 SPOT=0 PREEMPTIBLE=0 DIRECT=0 FOLLOW=0 SKIP_PREFLIGHT=0
+  LOCAL_PYTHON=${IPT_PYTHON:-python3}
   parse_flags "$@"
 
   [[ -n $NAME ]] || die "missing --name (or set IPT_TPU_NAME)"

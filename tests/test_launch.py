@@ -50,6 +50,15 @@ if '--format=value(state.state)' in sys.argv:
     states.write_text(''.join(line + '\\n' for line in lines[1:]))
 '''
 
+# A stand-in for the local Python that runs the preflight ($IPT_PYTHON): records its call as
+# RECORDER does, then exits with $PREFLIGHT_STATUS (default 0) after a line like the preflight's.
+PREFLIGHT = RECORDER + '''
+status = int(os.environ.get('PREFLIGHT_STATUS', '0'))
+if status:
+  print('error: the config does not fit', file=sys.stderr)
+sys.exit(status)
+'''
+
 # A stand-in for the training job on a worker: records how it was started, then waits for SIGTERM.
 FAKE_JOB = f'''#!{sys.executable}
 import json, os, signal, sys, time
@@ -69,14 +78,14 @@ def env(tmp_path):
   """A clean environment whose gcloud and srun are recorders (see `calls`)."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
-  for name in ('gcloud', 'srun'):
-    (bin_dir / name).write_text(RECORDER)
+  for name, script in (('gcloud', RECORDER), ('srun', RECORDER), ('preflight-python', PREFLIGHT)):
+    (bin_dir / name).write_text(script)
     (bin_dir / name).chmod(0o755)
   clean = {k: v for k, v in os.environ.items()
            if not k.startswith(('IPT_TPU_', 'SLURM_', 'JAX_'))
            and k not in ('DRY_RUN', 'XLA_FLAGS', *PROXY_VARIABLES)}
   return dict(clean, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
-              CALLS=str(tmp_path / 'calls.jsonl'))
+              CALLS=str(tmp_path / 'calls.jsonl'), IPT_PYTHON='preflight-python')
 
 
 def calls(env):
@@ -139,6 +148,11 @@ TPU_STATE = ('--format=table(name.basename(),acceleratorType,state,health,'
 
 # --- tpu.sh: the exact commands -------------------------------------------------------------------
 
+def preflight(accelerator, *overrides, config='configs/pretrain.py'):
+  return ['preflight-python', '-m', 'ipt_jax.preflight', f'--config={config}',
+          f'--topology={accelerator}', '--search_batch=false', *overrides]
+
+
 def queued_create(accelerator, runtime, *flags, where=('--zone=us-central2-b',)):
   return gcloud('queued-resources', 'create', 'ipt', *where, '--node-id=ipt',
                 f'--accelerator-type={accelerator}', f'--runtime-version={runtime}', *flags)
@@ -147,14 +161,21 @@ def queued_create(accelerator, runtime, *flags, where=('--zone=us-central2-b',))
 @pytest.mark.parametrize('flags, expected', [
     # By default a queued resource, then its state until it is ACTIVE.
     (['--accelerator=v4-32', '--spot'],
-     [queued_create('v4-32', 'tpu-ubuntu2204-base', '--spot'), WAIT]),
+     [preflight('v4-32'), queued_create('v4-32', 'tpu-ubuntu2204-base', '--spot'), WAIT]),
     (['--accelerator=v5litepod-16'],
-     [queued_create('v5litepod-16', 'v2-alpha-tpuv5-lite'), WAIT]),
+     [preflight('v5litepod-16'), queued_create('v5litepod-16', 'v2-alpha-tpuv5-lite'), WAIT]),
     # --direct: the TPU VM at once (fails when capacity is short).
     (['--accelerator=v6e-8', '--preemptible', '--direct', '--project=my-project'],
-     [gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--project=my-project',
+     [preflight('v6e-8'),
+      gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--project=my-project',
              '--accelerator-type=v6e-8', '--version=v2-alpha-tpuv6e', '--preemptible')]),
-    (['--accelerator=v5p-16', '--version=v2-alpha-tpuv5-custom', '--direct'],
+    # The preflight of another config, with overrides; or none.
+    (['--accelerator=v5p-16', '--module=ipt_jax.finetune', '--config=configs/finetune.py:sr_x2',
+      '--config.data.batch_size=64', '--direct'],
+     [preflight('v5p-16', '--config.data.batch_size=64', config='configs/finetune.py:sr_x2'),
+      gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--accelerator-type=v5p-16',
+             '--version=v2-alpha-tpuv5')]),
+    (['--accelerator=v5p-16', '--version=v2-alpha-tpuv5-custom', '--direct', '--skip_preflight'],
      [gcloud('tpu-vm', 'create', 'ipt', '--zone=us-central2-b', '--accelerator-type=v5p-16',
              '--version=v2-alpha-tpuv5-custom')]),
 ])
@@ -169,7 +190,8 @@ def test_create_waits_until_the_queued_resource_is_active(env, tmp_path):
                IPT_TPU_POLL_SECONDS='0')
   assert result.returncode == 0, result.stderr
   assert [argv for _, argv, _ in calls(env)] == [
-      queued_create('v4-8', 'tpu-ubuntu2204-base')[1:], WAIT[1:], WAIT[1:], WAIT[1:]]
+      preflight('v4-8')[1:], queued_create('v4-8', 'tpu-ubuntu2204-base')[1:], WAIT[1:],
+      WAIT[1:], WAIT[1:]]
   assert 'ipt is WAITING_FOR_RESOURCES; asking again in 0 s' in result.stderr
   assert 'ipt is PROVISIONING; asking again' in result.stderr
 
@@ -273,12 +295,12 @@ def test_logs_status_stop_delete(env, args, expected):
 def test_defaults_from_the_environment_and_flags_win(env):
   defaults = dict(IPT_TPU_NAME='env-tpu', IPT_TPU_ZONE='europe-west4-a', IPT_TPU_PROJECT='p',
                   IPT_TPU_ACCELERATOR='v5litepod-16')
-  assert dry_run(env, 'create', '--direct', **defaults) == [gcloud(
+  assert dry_run(env, 'create', '--direct', **defaults) == [preflight('v5litepod-16'), gcloud(
       'tpu-vm', 'create', 'env-tpu', '--zone=europe-west4-a', '--project=p',
       '--accelerator-type=v5litepod-16', '--version=v2-alpha-tpuv5-lite')]
   assert dry_run(env, 'create', '--direct', '--zone=us-east5-a', '--accelerator=v5p-8',
                  **defaults) == [
-      gcloud('tpu-vm', 'create', 'env-tpu', '--zone=us-east5-a', '--project=p',
+      preflight('v5p-8'), gcloud('tpu-vm', 'create', 'env-tpu', '--zone=us-east5-a', '--project=p',
              '--accelerator-type=v5p-8', '--version=v2-alpha-tpuv5')]
 
 
@@ -295,7 +317,7 @@ def test_without_dry_run_gcloud_gets_the_printed_commands(env, args):
   printed = dry_run(env, *args)
   result = run(TPU, *args, env=env)
   assert result.returncode == 0, result.stderr
-  assert [['gcloud', *argv] for _, argv, _ in calls(env)] == printed
+  assert [[name, *argv] for name, argv, _ in calls(env)] == printed
   # Each command is echoed to stderr before it runs.
   assert [shlex.split(line[2:]) for line in result.stderr.splitlines()] == printed
 
@@ -364,14 +386,16 @@ def test_resume_recreates_sets_up_and_runs_the_same_job(env):
   job = ('--accelerator=v4-32', '--workdir=gs://b/w', '--data_dir=gs://b/tfds', '--config.seed=7')
   commands = dry_run(env, 'resume', *WHERE, '--spot', '--repo=https://example.com/ipt.git', *job)
   assert commands == [
+      preflight('v4-32', '--config.seed=7'),
       gcloud('queued-resources', 'delete', 'ipt', '--zone=us-central2-b', '--force', '--quiet'),
       queued_create('v4-32', 'tpu-ubuntu2204-base', '--spot'), WAIT,
       *dry_run(env, 'setup', *WHERE, '--repo=https://example.com/ipt.git'),
       *dry_run(env, 'run', *WHERE, *job)]
   direct = dry_run(env, 'resume', *WHERE, '--direct', '--python=3.12', *job)
   assert direct == [
+      preflight('v4-32', '--config.seed=7'),
       gcloud('tpu-vm', 'delete', 'ipt', '--zone=us-central2-b', '--quiet'),
-      *dry_run(env, 'create', *WHERE, '--direct', '--accelerator=v4-32'),
+      *dry_run(env, 'create', *WHERE, '--direct', '--accelerator=v4-32', '--skip_preflight'),
       *dry_run(env, 'setup', *WHERE, '--python=3.12'),
       *dry_run(env, 'run', *WHERE, *job)]
 
@@ -388,7 +412,7 @@ exec {tmp_path / 'bin' / 'recorder'} "$@"
   assert result.returncode == 0, result.stderr
   assert 'tpu.sh: could not delete ipt (see above); creating it anyway' in result.stderr
   assert [argv[:2] for _, argv, _ in calls(env)] == [
-      ['compute', 'tpus']] * 6  # create, its state, the 3 of setup, run
+      ['-m', 'ipt_jax.preflight']] + [['compute', 'tpus']] * 6  # create, its state, setup, run
 
 
 # --- tpu.sh: bad flags fail before anything runs --------------------------------------------------
@@ -425,7 +449,7 @@ exec {tmp_path / 'bin' / 'recorder'} "$@"
     (['status', *WHERE, '--spot'], "unknown flag for 'status': --spot"),
     (['create', *WHERE, '--accelerator=v4-8', '--workdir=gs://b/w'],
      "unknown flag for 'create': --workdir"),
-    (['create', *WHERE, '--accelerator=v4-8', '--config.x=1'], "'create' takes no config"),
+    (['setup', *WHERE, '--config.x=1'], "'setup' takes no config"),
     (['create', '--name', 'ipt', '--zone=us-central2-b', '--accelerator=v4-8'],
      '--name needs a value: --name=VALUE'),
     (['create', '--name=IPT', '--zone=us-central2-b', '--accelerator=v4-8'], "bad --name 'IPT'"),
@@ -440,6 +464,17 @@ def test_bad_flags_fail_before_gcloud_runs(env, args, message):
   assert result.returncode != 0
   assert message in result.stderr
   assert not calls(env)
+
+
+@pytest.mark.parametrize('subcommand', [['create'], ['resume', '--workdir=gs://b/w']])
+def test_a_failed_preflight_requests_no_tpu(env, subcommand):
+  result = run(TPU, subcommand[0], *WHERE, '--accelerator=v5litepod-16', *subcommand[1:],
+               env=env, PREFLIGHT_STATUS='1')
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[-2:] == [
+      'error: the config does not fit',
+      'tpu.sh: the preflight failed (above): no TPU was requested. --skip_preflight skips it']
+  assert [name for name, _, _ in calls(env)] == ['preflight-python']
 
 
 def test_help(env):
