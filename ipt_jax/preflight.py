@@ -166,6 +166,7 @@ class Compiler:
     self._key = f'{tpu.topology_name} jax {jax.__version__} libtpu {_libtpu_version()}'
     self._cache_dir = cache_dir
     self._pool = concurrent.futures.ThreadPoolExecutor(parallel_compiles)
+    self.compiled = []  # (compiler seconds, whether from the cache) of every program asked for.
 
   def close(self):
     self._pool.shutdown(cancel_futures=True)
@@ -181,7 +182,8 @@ class Compiler:
     text = lowered[program].as_text()
     key = hashlib.sha256(f'{self._key}\n{text}'.encode()).hexdigest()
     path = self._cache_path(key)
-    if path and os.path.exists(path):
+    cached = bool(path and os.path.exists(path))
+    if cached:
       with gzip.open(path, 'rt', encoding='utf-8') as f:
         compiled = json.load(f)
     else:
@@ -190,6 +192,7 @@ class Compiler:
       if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         files.write_atomically(path, lambda temporary: _write_gzip_json(temporary, compiled))
+    self.compiled.append((compiled['compile_s'], cached))
     return self.figures_of(compiled)
 
   def _cache_path(self, key: str) -> str | None:
@@ -419,7 +422,9 @@ def _report(compiler: Compiler, max_batch_per_chip: int) -> dict:
       'estimated_images_per_s': batch / step_s if fits and step_s else None,
       'total_steps': steps,
       'estimated_days': steps * step_s / 86400 if fits else None,
-      'compile_s': sum(f.compile_s for f in figures.values())}
+      'programs': len(compiler.compiled),
+      'programs_from_cache': sum(cached for _, cached in compiler.compiled),
+      'compile_s': sum(seconds for seconds, _ in compiler.compiled)}
   if fsdp_fit is not None:
     summary['fsdp_over_all_chips'] = {'mesh_fsdp': chips, 'fits': fsdp_fit.fits,
                                       'hbm_gib': fsdp_fit.hbm_gib}
@@ -515,8 +520,9 @@ def format_report(report: dict) -> str:
                  f'ms per step on average over the tasks, '
                  f'{summary["estimated_images_per_s"]:,.0f} images/s; '
                  f'{summary["total_steps"]:,} steps in {summary["estimated_days"]:.2f} days')
-  lines.append(f'  compiled in {summary["compile_s"]:.0f} s of compiler time (cached programs '
-               'count their first compile)')
+  lines.append(f'  {summary["programs"]} programs, {summary["programs_from_cache"]} of them from '
+               f'the cache: {summary["compile_s"]:.0f} s of compiler time (a cached program\'s '
+               'first compile)')
   return '\n'.join(lines)
 
 
