@@ -64,8 +64,8 @@ _SEARCH = flags.DEFINE_bool(
     'search_batch', True, 'Find the largest batch per chip that fits, by compiling (a few '
     'more programs); when the config does not fit, it is searched anyway.')
 _CACHE = flags.DEFINE_string(
-    'cache_dir', os.path.join('~', '.cache', 'ipt_jax', 'preflight'), 'Keeps the figures of '
-    'each compiled program; empty: compile everything.')
+    'cache_dir', os.path.join('~', '.cache', 'ipt_jax', 'preflight'), 'Keeps what the compiler '
+    'made of each program (memory figures, optimised HLO); empty: compile everything.')
 _MAX_BATCH = flags.DEFINE_integer(
     'max_batch_per_chip', 256, 'The batch search looks no higher than this many images per '
     'chip (a large batch compiles for many minutes).', lower_bound=1)
@@ -150,7 +150,8 @@ def usable_hbm_gib(devices) -> float | None:
 
 
 class Compiler:
-  """Builds and compiles a config's steps for a slice's devices, and caches their figures."""
+  """Builds and compiles a config's steps for a slice's devices; caches what the compiler made
+  of them."""
 
   def __init__(self, config: ml_collections.ConfigDict, tpu: tpus.Slice, devices,
                cache_dir: str | None, usable_gib: float, parallel_compiles: int):
@@ -286,11 +287,16 @@ def distinct_tasks(model: ipt.IPT) -> dict[int, list[str]]:
   return dict(by_scale.values())
 
 
-def valid_batch(global_batch: int, config: ml_collections.ConfigDict) -> bool:
-  """Whether a global batch trains with the config's loss: contrastive groups divide it."""
-  group = config.loss.contrastive_group
-  return not (config.loss.contrastive_weight and 0 < group < global_batch and
-              global_batch % group)
+def valid_batch(per_chip: int, chips: int, config: ml_collections.ConfigDict) -> bool:
+  """Whether a batch per chip trains with the config's loss, contrastive groups aligned with
+  the chips' shares of the batch: a group within one chip, or spread over whole chips. A group
+  that straddles chips' shares (20 per chip in groups of 64) makes XLA gather the features
+  and compute the similarities on many chips: twice the memory and 2-3x the FLOPs (the
+  paper's pre-training on v5litepod-16, docs/preflight.md)."""
+  group, batch = config.loss.contrastive_group, per_chip * chips
+  if not config.loss.contrastive_weight or group == 0 or group >= batch:
+    return True
+  return batch % group == 0 and (per_chip % group == 0 or group % per_chip == 0)
 
 
 def largest_batch(fits: Callable[[list[int]], dict[int, Figures]], known: dict[int, Figures],
@@ -300,7 +306,7 @@ def largest_batch(fits: Callable[[list[int]], dict[int, Figures]], known: dict[i
   from a line through the memory of the batches compiled so far (through the arguments and
   one batch, at first), then compiles the prediction and the next valid batch above it.
   Returns 0 when a batch of 1 per chip does not fit, max_per_chip when that fits."""
-  candidates = [b for b in range(1, max_per_chip + 1) if valid_batch(b * chips, config)]
+  candidates = [b for b in range(1, max_per_chip + 1) if valid_batch(b, chips, config)]
   for _ in range(rounds):
     fitting = [b for b, f in known.items() if f.fits]
     over = [b for b, f in known.items() if not f.fits]
@@ -392,9 +398,13 @@ def _report(compiler: Compiler, max_batch_per_chip: int) -> dict:
     largest = largest_batch(compile_batches, known, chips, config, compiler.usable_gib,
                             max_batch_per_chip or per_chip)
   fsdp_fit = None
-  if not fits and fsdp != chips:
-    fsdp_fit = compiler.figures([Program('train', worst, batch, chips)])
-    fsdp_fit = list(fsdp_fit.values())[0]
+  worst_figures = train_figures[worst]
+  # Sharding the parameters and Adam moments over every chip saves at most all but 1/chips of
+  # the arguments: compiled only when that could be enough.
+  if (not fits and fsdp != chips and np.isfinite(worst_figures.arguments_gib) and
+      worst_figures.hbm_gib - worst_figures.arguments_gib * (1 - 1 / chips) <=
+      compiler.usable_gib):
+    fsdp_fit, = compiler.figures([Program('train', worst, batch, chips)]).values()
   tasks = []
   weights = _task_weights(config, model)
   for task, names in groups.items():
@@ -534,6 +544,8 @@ def does_not_fit_line(report: dict) -> str:
   line = (f'the config does not fit {report["topology"]["accelerator_type"]}: the '
           f'{worst["task"]} {worst["step"]} step needs {_gib(worst["hbm_gib"])} GiB per chip of '
           f'{summary["usable_hbm_gib"]:.2f} at a global batch of {worst["global_batch"]}.')
+  if worst['step'] == 'eval':
+    return line + ' Every chip evaluates the whole batch: lower --config.eval.num_examples.'
   largest = summary['largest_batch_per_chip']
   if largest:
     line += (f' It fits at --config.data.batch_size={largest * chips} '
@@ -545,6 +557,9 @@ def does_not_fit_line(report: dict) -> str:
     line += (f' --config.mesh.fsdp={sharded["mesh_fsdp"]} at this batch '
              f'{"fits" if sharded["fits"] else "does not fit either"} '
              f'({_gib(sharded["hbm_gib"])} GiB).')
+  elif chips > 1 and config['mesh_fsdp'] != chips and np.isfinite(worst['arguments_gib']):
+    line += (f' No mesh.fsdp makes this batch fit: sharding the parameters and optimiser '
+             f'state ({_gib(worst["arguments_gib"])} GiB) over all chips saves too little.')
   return line
 
 

@@ -143,6 +143,16 @@ def test_largest_batch_compiles_around_the_prediction():
   assert compiled == [7, 8]
 
 
+def test_batches_whose_contrastive_groups_straddle_chips_are_not_searched():
+  config = quickstart.get_config()
+  config.loss.contrastive_group = 64
+  valid = [b for b in range(1, 130) if preflight.valid_batch(b, 16, config)]
+  # Up to 64 in all, one group; then groups of 64 within a chip or over whole chips.
+  assert valid == [1, 2, 3, 4, 8, 16, 32, 64, 128]
+  config.loss.contrastive_weight = 0.
+  assert preflight.valid_batch(20, 16, config)
+
+
 def _tiny_config(batch: int):
   """A one-layer tiny IPT for one task: its train step compiles for a TPU in seconds."""
   config = quickstart.get_config()
