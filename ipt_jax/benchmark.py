@@ -11,7 +11,7 @@
 
 `train` and `infer` run on synthetic on-device data and print images/s, step time, achieved
 TFLOP/s and MFU, peak device memory, and the seconds to initialise and to compile. FLOPs are
-counted analytically from the model's matrix multiplications and convolutions (`forward_flops`;
+counted analytically from the model's matrix multiplications and convolutions (`ipt.forward_flops`;
 the paper model's x2 forward is 66.6 GFLOP per 48x48 image, a training step 3x that): XLA's
 cost analysis leaves out cuBLAS / cuDNN calls on GPUs. The optimiser, loss and data settings
 come from --config (e.g. configs/pretrain.py, any field overridable); `--remat` and
@@ -93,25 +93,6 @@ _IMAGENET_SIZE = (375, 500)  # Height, width: the most common ImageNet image siz
 # Dense bfloat16 TFLOP/s per device (vendor figures), by a substring of device_kind.
 PEAK_TFLOPS = {'H100': 989., 'H200': 989., 'A100': 312., 'TPU v4': 275., 'TPU v5 lite': 197.,
                'TPU v5p': 459., 'TPU v6 lite': 918.}
-
-
-def forward_flops(model: ipt.IPT, task: int) -> int:
-  """FLOPs (2 per multiply-add) of the matmuls and convolutions of one image's forward pass."""
-  p, n, scale = model.patch_size, model.n_feats, model.scale(task)
-  conv = lambda size, k, c_in, c_out: 2 * size**2 * k * k * c_in * c_out
-  head = conv(p, 3, 3, n) + 4 * conv(p, 5, n, n)
-  tokens, dim, mlp = (p // model.patch_dim)**2, n * model.patch_dim**2, model.mlp_dim
-  projection = 2 * tokens * dim * dim
-  attention = 4 * projection + 2 * 2 * tokens**2 * dim  # q, k, v, out; scores and mixing.
-  ffn = 2 * 2 * tokens * dim * mlp
-  body = projection + model.num_layers * (attention + ffn) + model.num_layers * (
-      2 * attention + ffn) + ffn  # linear_encoding, encoder, decoder, mlp_head.
-  tail, size = 0, p
-  for r in ipt.upsampler_factors(scale):
-    tail += conv(size, 3, n, n * r * r)
-    size *= r
-  tail += conv(size, 3, n, 3)
-  return head + body + tail
 
 
 def _peak_tflops(device) -> float | None:
@@ -223,7 +204,7 @@ def benchmark_train() -> None:
     seconds = min(ours_times) * _STEPS.value
   images = _STEPS.value * _BATCH.value
   _report(f'train step, batch {_BATCH.value}', seconds=seconds, images=images,
-          flops=3 * forward_flops(model, 0) * images, init_s=init_s,
+          flops=3 * ipt.forward_flops(model, 0) * images, init_s=init_s,
           compile_s=compile_s, unit='step')
   if official is not None:
     _report_comparison(ours_times, official_times, unit='step', images=_BATCH.value)
@@ -413,7 +394,7 @@ def benchmark_infer() -> None:
         f'{_IMAGE_SIZE.value} image ({image_model.mode} tiling, tile batch '
         f'{image_model.tile_batch})')
   _report('whole-image inference', seconds=seconds, images=_STEPS.value,
-          flops=forward_flops(model, 0) * tiles * _STEPS.value, init_s=init_s,
+          flops=ipt.forward_flops(model, 0) * tiles * _STEPS.value, init_s=init_s,
           compile_s=compile_s, unit='image')
   if _COMPARE.value:
     _report_comparison(ours_times, official_times, unit='image', images=1)

@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ipt_jax import benchmark
 from ipt_jax import cli
 from ipt_jax import errors
 from ipt_jax import files
@@ -452,7 +451,7 @@ def _task_weights(config, model) -> list[float]:
 
 def _model_flops(model: ipt.IPT, task: int, images: float) -> float:
   """The model's own count for a training step: 3 forward passes (no contrastive loss)."""
-  return 3 * benchmark.forward_flops(model, task) * images
+  return 3 * ipt.forward_flops(model, task) * images
 
 
 def _figures_json(figures: Figures, tpu: tpus.Slice, batch: int | None) -> dict:

@@ -30,9 +30,9 @@ def run(*args):
 
 def test_paper_forward_flops_match_the_published_count():
   model = ipt.create('paper')
-  assert round(benchmark.forward_flops(model, 0) / 1e9, 1) == 66.6
-  assert benchmark.forward_flops(model, 2) > benchmark.forward_flops(model, 0) > (
-      benchmark.forward_flops(model, 3))
+  assert round(ipt.forward_flops(model, 0) / 1e9, 1) == 66.6
+  assert ipt.forward_flops(model, 2) > ipt.forward_flops(model, 0) > (
+      ipt.forward_flops(model, 3))
 
 
 @pytest.mark.slow

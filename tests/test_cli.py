@@ -12,7 +12,7 @@ from tests.conftest import REPO
 from tests.conftest import run_command
 
 COMMANDS = ('main', 'finetune', 'evaluate', 'restore', 'convert', 'benchmark', 'figures',
-            'pack_imagenet')
+            'pack_imagenet', 'preflight')
 # Flags of ipt_jax.cli: each must be the same everywhere it is taken.
 SHARED = ('checkpoint', 'checkpoint_tasks', 'num_heads', 'tasks', 'dtype', 'tiling', 'overlap',
           'tile_batch', 'self_ensemble', 'output_dir', 'output', 'seed', 'config', 'workdir',
@@ -50,7 +50,7 @@ def test_shared_flags_have_one_name_type_and_default_everywhere(key_flags):
   assert takes('tasks') == ['benchmark', 'evaluate', 'figures', 'restore']
   assert takes('tiling') == ['benchmark', 'evaluate', 'restore']
   assert takes('dtype') == ['benchmark', 'evaluate', 'restore']
-  assert takes('config') == ['benchmark', 'finetune', 'main']
+  assert takes('config') == ['benchmark', 'finetune', 'main', 'preflight']
   assert takes('workdir') == ['finetune', 'main']
   assert takes('output') == ['convert', 'figures']
   assert takes('data_dir') == ['evaluate', 'figures']

@@ -28,7 +28,7 @@ from ipt_jax import tasks as tasks_lib
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 # Trainable parameters with the six pre-training tasks, and GFLOPs of one 48x48 sr_x2
-# forward pass (benchmark.forward_flops), to size runs and MFU.
+# forward pass (forward_flops), to size runs and MFU.
 PRESETS = {
     # The paper's model: 118,892,370 parameters (the official checkpoint's 118,892,394 less
     # its 24 fixed mean-shift values); 66.6 GFLOPs.
@@ -559,6 +559,25 @@ def create(preset: str | None = None, **fields) -> IPT:
     if name in fields:
       fields[name] = tuple(fields[name])
   return IPT(**fields)
+
+
+def forward_flops(model: IPT, task: int) -> int:
+  """FLOPs (2 per multiply-add) of the matmuls and convolutions of one image's forward pass."""
+  p, n, scale = model.patch_size, model.n_feats, model.scale(task)
+  conv = lambda size, k, c_in, c_out: 2 * size**2 * k * k * c_in * c_out
+  head = conv(p, 3, 3, n) + 4 * conv(p, 5, n, n)
+  tokens, dim, mlp = (p // model.patch_dim)**2, n * model.patch_dim**2, model.mlp_dim
+  projection = 2 * tokens * dim * dim
+  attention = 4 * projection + 2 * 2 * tokens**2 * dim  # q, k, v, out; scores and mixing.
+  ffn = 2 * 2 * tokens * dim * mlp
+  body = projection + model.num_layers * (attention + ffn) + model.num_layers * (
+      2 * attention + ffn) + ffn  # linear_encoding, encoder, decoder, mlp_head.
+  tail, size = 0, p
+  for r in upsampler_factors(scale):
+    tail += conv(size, 3, n, n * r * r)
+    size *= r
+  tail += conv(size, 3, n, 3)
+  return head + body + tail
 
 
 def count_params(params) -> int:
