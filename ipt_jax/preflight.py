@@ -528,7 +528,7 @@ def format_report(report: dict) -> str:
     lines.append(f'  estimate (roofline, a lower bound): {summary["estimated_step_s"] * 1e3:.1f} '
                  f'ms per step on average over the tasks, '
                  f'{summary["estimated_images_per_s"]:,.0f} images/s; '
-                 f'{summary["total_steps"]:,} steps in {summary["estimated_days"]:.2f} days')
+                 f'{summary["total_steps"]:,} steps in {summary["estimated_days"]:.2g} days')
   lines.append(f'  {summary["programs"]} programs, {summary["programs_from_cache"]} of them from '
                f'the cache: {summary["compile_s"]:.0f} s of compiler time (a cached program\'s '
                'first compile)')
@@ -605,7 +605,7 @@ def format_table(reports: list[dict]) -> str:
         f'{summary["largest_batch_per_chip"] if summary["largest_batch_per_chip"] is not None else "not searched"} | '
         f'{report["config"]["mesh_fsdp"]} | '
         + (f'{summary["estimated_step_s"] * 1e3:.1f} ms | {summary["estimated_images_per_s"]:,.0f} | '
-           f'{summary["estimated_days"]:.1f} | {", ".join(sorted(bound))} | '
+           f'{summary["estimated_days"]:.2g} | {", ".join(sorted(bound))} | '
            f'{many / eight:.0%} |' if fits else '— | — | — | — | — |'))
   return '\n'.join(lines)
 
