@@ -76,10 +76,6 @@ class Analysis:
   collectives: dict[str, Collective]  # By kind (COLLECTIVES), those that occur.
   loop_trips: list[int]  # The trip count of each while loop.
 
-  @property
-  def traffic_bytes(self) -> float:
-    return sum(c.traffic_bytes for c in self.collectives.values())
-
 
 def shape_bytes(shape: str, hbm_only: bool = False) -> float:
   """Bytes of an HLO shape (array or tuple), e.g. 'bf16[8,72]{1,0}' -> 1152. hbm_only: of the
@@ -209,6 +205,12 @@ def _convolution_flops(instruction: Instruction, shapes: dict[str, str]) -> floa
   return 2. * non_spatial * taps * kernel[kernel_labels.index('i')]
 
 
+def _fused(instruction: Instruction) -> str | None:
+  """The computation a fusion (or call) runs: its `calls=` attribute."""
+  called = re.search(r'calls=%([^ ,]+)', instruction.attributes)
+  return called.group(1) if called else None
+
+
 def _users(instructions: list[Instruction], name: str) -> list[Instruction]:
   """What reads `name`, looking through bitcasts."""
   users = []
@@ -230,13 +232,12 @@ def _parameter_read(computations, computation: str, index: int, size: float) -> 
     return size
   read = 0.
   for user in users:
-    called = re.search(r'calls=%([^ ,]+)', user.attributes)
     if user.opcode == 'dynamic-slice' and user.operands[0] == name:
       read += shape_bytes(user.shape)
     elif user.opcode == 'dynamic-update-slice' and user.operands[0] == name:
       continue
-    elif user.opcode == 'fusion' and called:
-      read += sum(_parameter_read(computations, called.group(1), k, size)
+    elif user.opcode == 'fusion' and _fused(user):
+      read += sum(_parameter_read(computations, _fused(user), k, size)
                   for k, operand in enumerate(user.operands) if operand == name)
     else:
       return size
@@ -274,11 +275,11 @@ def _kernel_bytes(instruction: Instruction, shapes: dict[str, str], computations
     return shape_bytes(piece) + hbm(piece)
   if opcode == 'copy-start':  # (destination, source, context).
     return sum(hbm(element) for element in _tuple_elements(instruction.shape)[:2])
-  called = re.search(r'calls=%([^ ,]+)', instruction.attributes)
+  called = _fused(instruction)
   if opcode != 'fusion' or not called:
     return hbm(instruction.shape) + sum(operands)
-  fused = computations[called.group(1)]
-  read = sum(_parameter_read(computations, called.group(1), k, size)
+  fused = computations[called]
+  read = sum(_parameter_read(computations, called, k, size)
              for k, size in enumerate(operands) if size)
   by_name = {i.name: i for i in fused}
   root = next((i for i in fused if i.is_root), fused[-1])
