@@ -159,8 +159,10 @@ def test_a_damaged_step_is_set_aside_and_the_previous_one_used(tmp_path, monkeyp
   manager.close()
   assert int(restored.step) == 1
   assert (tmp_path / 'checkpoints' / 'damaged_2').is_dir()
-  assert len(warnings) == 1 and 'checksum mismatch' in warnings[0]
-  assert 'Set aside as damaged_2; using the step before it.' in warnings[0]
+  # One line about the step (orbax logs through the same absl logger: its lines are not ours).
+  [warning] = [w for w in warnings if 'damaged' in w]
+  assert 'checksum mismatch' in warning
+  assert 'Set aside as damaged_2; using the step before it.' in warning
 
 
 @pytest.mark.slow
