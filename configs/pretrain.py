@@ -86,6 +86,10 @@ def get_config(arg=None):
   # cpu_devices: on a CPU, run as this many devices (one per core is fastest; 0: one device).
   config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size_mb=1., cpu_devices=0))
   config.distributed = 'auto'  # 'on' for multi-host Cloud TPU (see ipt_jax/parallel.py).
+  # Several processes: one that sends no heartbeat for this long counts as lost, and the job
+  # stops (exit status 75: resubmit to resume); they wait this long for each other at start.
+  config.heartbeat_timeout_seconds = 100
+  config.startup_timeout_seconds = 300
 
   config.log_every = 100
   config.eval_every = 5_000

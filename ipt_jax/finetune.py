@@ -16,7 +16,7 @@ import ml_collections
 
 from ipt_jax import cli
 from ipt_jax import errors
-from ipt_jax import parallel
+from ipt_jax import supervise
 from ipt_jax import tasks as tasks_lib
 from ipt_jax import train
 from ipt_jax import weights
@@ -72,8 +72,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> train.TrainStat
 
 def main(argv):
   cli.check_no_arguments(argv)
-  parallel.initialize(CONFIG.value.distributed, CONFIG.value.mesh.cpu_devices)
-  finetune(CONFIG.value, WORKDIR.value)
+  supervise.run(CONFIG.value, WORKDIR.value, lambda: finetune(CONFIG.value, WORKDIR.value))
 
 
 if __name__ == '__main__':

@@ -10,7 +10,7 @@ from absl import flags
 
 from ipt_jax import cli
 from ipt_jax import errors
-from ipt_jax import parallel
+from ipt_jax import supervise
 from ipt_jax import train
 
 CONFIG = cli.config_flag()
@@ -22,8 +22,8 @@ def main(argv):
   if CONFIG.value.get('checkpoint'):  # A fine-tuning config run here trains from scratch.
     raise errors.FlagError('ipt_jax.main trains from random weights and would ignore '
                            'config.checkpoint; start from it with python -m ipt_jax.finetune.')
-  parallel.initialize(CONFIG.value.distributed, CONFIG.value.mesh.cpu_devices)
-  train.train_and_evaluate(CONFIG.value, WORKDIR.value)
+  supervise.run(CONFIG.value, WORKDIR.value,
+                lambda: train.train_and_evaluate(CONFIG.value, WORKDIR.value))
 
 
 if __name__ == '__main__':

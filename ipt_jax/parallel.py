@@ -19,14 +19,47 @@ BATCH_AXES = ('data', 'fsdp')
 _EXPLICIT_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 
 
-def initialize(mode: str = 'auto', cpu_devices: int = 0):
+def initialize(mode: str = 'auto', cpu_devices: int = 0, *, heartbeat_timeout_seconds: int = 100,
+               startup_timeout_seconds: int = 300):
   """Before JAX starts: splits the CPU into `cpu_devices` devices, and starts `jax.distributed`
-  when this run spans several processes.
+  when this run spans several processes (`several_processes`).
+
+  A process that sends no heartbeat for `heartbeat_timeout_seconds` counts as lost (and JAX
+  ends the others); the processes wait `startup_timeout_seconds` for each other at the start.
 
   cpu_devices (0: JAX's default, one device): XLA:CPU leaves its threads idle for much of a
   train step on one device; with a device per core and the batch split over them by the
   data-parallel mesh, every core runs every op (BENCHMARKS.md). Accelerators are unaffected;
   XLA_FLAGS=--xla_force_host_platform_device_count wins over it.
+
+  """
+  explicit = {name: os.environ.get(name) for name in _EXPLICIT_ENV}
+  if cpu_devices and 'host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+    try:
+      jax.config.update('jax_num_cpu_devices', cpu_devices)
+    except RuntimeError:  # JAX already started in this process (a caller's own use of it).
+      logging.warning('JAX had started: cpu_devices=%d is not applied.', cpu_devices)
+  if not several_processes(mode):
+    return
+  timeouts = dict(heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+                  initialization_timeout=startup_timeout_seconds)
+  if explicit['JAX_COORDINATOR_ADDRESS']:
+    missing = [name for name, value in explicit.items() if not value]
+    if missing:
+      raise errors.InputError(f'JAX_COORDINATOR_ADDRESS is set but {", ".join(missing)} is not: set all '
+                              f'of {", ".join(_EXPLICIT_ENV)} on every process.')
+    jax.distributed.initialize(explicit['JAX_COORDINATOR_ADDRESS'],
+                               int(explicit['JAX_NUM_PROCESSES']),
+                               int(explicit['JAX_PROCESS_ID']), **timeouts)
+  else:
+    jax.distributed.initialize(**timeouts)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices.',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+def several_processes(mode: str) -> bool:
+  """Whether this run is one of several processes, by `mode` and the environment.
 
   mode 'on': always (multi-host Cloud TPU slices: JAX reads the topology from the TPU VM).
   mode 'auto': when the environment shows several processes: explicit
@@ -36,34 +69,10 @@ def initialize(mode: str = 'auto', cpu_devices: int = 0):
   """
   if mode not in ('auto', 'on', 'off'):
     raise errors.InputError(f"distributed must be 'auto', 'on' or 'off', got {mode!r}.")
-  explicit = {name: os.environ.get(name) for name in _EXPLICIT_ENV}
-  if cpu_devices and 'host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-    try:
-      jax.config.update('jax_num_cpu_devices', cpu_devices)
-    except RuntimeError:  # JAX already started in this process (a caller's own use of it).
-      logging.warning('JAX had started: cpu_devices=%d is not applied.', cpu_devices)
-  if mode == 'off':
-    return
-  if explicit['JAX_COORDINATOR_ADDRESS']:
-    missing = [name for name, value in explicit.items() if not value]
-    if missing:
-      raise errors.InputError(f'JAX_COORDINATOR_ADDRESS is set but {", ".join(missing)} is not: set all '
-                              f'of {", ".join(_EXPLICIT_ENV)} on every process.')
-    jax.distributed.initialize(explicit['JAX_COORDINATOR_ADDRESS'],
-                               int(explicit['JAX_NUM_PROCESSES']),
-                               int(explicit['JAX_PROCESS_ID']))
-  elif mode == 'on' or _several_processes_launched():
-    jax.distributed.initialize()
-  else:
-    return
-  logging.info('jax.distributed: process %d of %d, %d local / %d global devices.',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
-
-
-def _several_processes_launched() -> bool:
   count = lambda name: int(os.environ.get(name, '1'))
-  return count('SLURM_NTASKS') > 1 or count('OMPI_COMM_WORLD_SIZE') > 1
+  return mode == 'on' or (mode == 'auto' and (
+      bool(os.environ.get('JAX_COORDINATOR_ADDRESS')) or count('SLURM_NTASKS') > 1
+      or count('OMPI_COMM_WORLD_SIZE') > 1))
 
 
 def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
