@@ -4,6 +4,11 @@
 # sets SCRIPT_NAME (e.g. tpu.sh) first, and DRY_RUN (1 with --dry_run, else 0) before it runs a
 # command.
 
+# The exit status of a training process whose job lost a process (ipt_jax/supervise.py): the same
+# command, run again, resumes from the newest checkpoint. (Used by the scripts that source this.)
+# shellcheck disable=SC2034
+readonly RESTART_STATUS=75
+
 # Prints "SCRIPT_NAME: error: MESSAGE" and where to find the usage, and exits with status 2.
 die() {
   echo "$SCRIPT_NAME: error: $*" >&2

@@ -59,6 +59,8 @@ Usage: launch/tpu.sh SUBCOMMAND [--flag=VALUE ...] [--dry_run]
           Start `.venv/bin/python -u -m MODULE --config=FILE --workdir=DIR ...` in ~/ipt-jax in
           the background on every worker (it outlives the ssh session; its log is ~/ipt-jax.log).
           A multi-host slice needs a gs:// workdir. Running it again resumes from the workdir.
+          When the job loses a process (exit status 75), every worker starts it again, up to
+          --max_restarts=3 times.
   resume  the flags of create, setup and run
           After a pre-emption: the preflight, then delete the TPU (and its queued resource),
           create it again, set it up and run the same job, which resumes from the newest
@@ -103,7 +105,7 @@ on_workers() {
 # The flags each subcommand accepts: values (--flag=VALUE) and switches (--flag).
 value_flags() {
   local create='accelerator version' setup='repo branch python'
-  local run='accelerator workdir data_dir module config'
+  local run='accelerator workdir data_dir module config max_restarts'
   case $1 in
     create) echo name zone project "$create" module config ;;
     setup) echo name zone project "$setup" ;;
@@ -304,7 +306,13 @@ check_run() {
   ((!MULTI_HOST)) || program+=(--config.distributed=on)
   [[ -z $DATA_DIR ]] || program+=(--config.data.data_dir="$DATA_DIR")
   program+=(${OVERRIDES[@]+"${OVERRIDES[@]}"})
-  JOB=$(quote_cmd "${program[@]}")
+  [[ $MAX_RESTARTS =~ ^[0-9]+$ ]] || die "bad --max_restarts '$MAX_RESTARTS' (a number)"
+  # Exit status 75: the job lost a process (every worker's program ends so); each worker runs it
+  # again, up to --max_restarts times, and it resumes from the newest checkpoint.
+  local again="n=0; while :; do \"\$@\"; s=\$?; [ \$s -eq $RESTART_STATUS ] &&\
+ [ \$n -lt $MAX_RESTARTS ] || exit \$s; n=\$((n + 1)); echo \"\$(hostname): the job lost a\
+ process: restart \$n of $MAX_RESTARTS\"; done"
+  JOB=$(quote_cmd sh -c "$again" job "${program[@]}")
 }
 
 do_run() {
@@ -389,7 +397,7 @@ main() {
 
   NAME=${IPT_TPU_NAME:-} ZONE=${IPT_TPU_ZONE:-} PROJECT=${IPT_TPU_PROJECT:-}
   ACCELERATOR=${IPT_TPU_ACCELERATOR:-} VERSION='' REPO='' BRANCH='' WORKDIR='' DATA_DIR=''
-  MODULE=ipt_jax.main CONFIG='' WORKER=0 LINES=100 PYTHON=3.11 OVERRIDES=()
+  MODULE=ipt_jax.main CONFIG='' WORKER=0 LINES=100 PYTHON=3.11 MAX_RESTARTS=3 OVERRIDES=()
   DRY_RUN=0 SPOT=0 PREEMPTIBLE=0 DIRECT=0 FOLLOW=0 SKIP_PREFLIGHT=0
   LOCAL_PYTHON=${IPT_PYTHON:-python3}
   parse_flags "$@"

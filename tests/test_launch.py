@@ -34,9 +34,9 @@ PROXY_VARIABLES = ('http_proxy', 'https_proxy', 'all_proxy', 'grpc_proxy', 'HTTP
 # What the job step's environment is checked for.
 RECORDED_ENV = ('JAX_LOCAL_DEVICE_IDS', 'XLA_FLAGS', *PROXY_VARIABLES)
 
-# A stand-in for gcloud / srun: appends its name, arguments and the RECORDED_ENV variables it got
-# to $CALLS. Asked for a queued resource's state, it prints the next line of $QUEUED_STATES (a
-# file; ACTIVE when there is none left).
+# A stand-in for gcloud / srun / scontrol: appends its name, arguments and the RECORDED_ENV
+# variables it got to $CALLS. Asked for a queued resource's state, it prints the next line of
+# $QUEUED_STATES (a file; ACTIVE when there is none left). It exits with $<NAME>_STATUS (0).
 RECORDER = f'''#!{sys.executable}
 import json, os, pathlib, sys
 with open(os.environ['CALLS'], 'a') as f:
@@ -48,6 +48,9 @@ if '--format=value(state.state)' in sys.argv:
   print(lines[0] if lines else 'ACTIVE')
   if lines:
     states.write_text(''.join(line + '\\n' for line in lines[1:]))
+status = os.environ.get(os.path.basename(sys.argv[0]).upper() + '_STATUS')
+if status:
+  sys.exit(int(status))
 '''
 
 # A stand-in for the local Python that runs the preflight ($IPT_PYTHON): records its call as
@@ -78,7 +81,8 @@ def env(tmp_path):
   """A clean environment whose gcloud and srun are recorders (see `calls`)."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
-  for name, script in (('gcloud', RECORDER), ('srun', RECORDER), ('preflight-python', PREFLIGHT)):
+  for name, script in (('gcloud', RECORDER), ('srun', RECORDER), ('scontrol', RECORDER),
+                       ('preflight-python', PREFLIGHT)):
     (bin_dir / name).write_text(script)
     (bin_dir / name).chmod(0o755)
   clean = {k: v for k, v in os.environ.items()
@@ -231,12 +235,37 @@ def test_setup_clones_a_repository_on_every_worker(env):
   ]
 
 
+# The worker's loop around the program: again on exit status 75 (a lost process), 3 times.
+AGAIN = ('n=0; while :; do "$@"; s=$?; [ $s -eq 75 ] && [ $n -lt 3 ] || exit $s; n=$((n + 1)); '
+         'echo "$(hostname): the job lost a process: restart $n of 3"; done')
+
+
 def start(program):
   """The remote command of `run` for this program."""
+  job = shlex.join(['sh', '-c', AGAIN, 'job', *program])
   return ('if [ ! -x ipt-jax/.venv/bin/python ]; then echo "$(hostname): no ~/ipt-jax/.venv: run '
           'launch/tpu.sh setup first" >&2; exit 1; fi; ' + REFUSE_IF_RUNNING +
-          f'(cd ipt-jax && exec setsid nohup {shlex.join(program)}) >> ipt-jax.log 2>&1 '
+          f'(cd ipt-jax && exec setsid nohup {job}) >> ipt-jax.log 2>&1 '
           '</dev/null & echo $! > ipt-jax.pid; echo "$(hostname): started, log in ~/ipt-jax.log"')
+
+
+@pytest.mark.parametrize('statuses, runs, status', [
+    ([75, 75, 0], 3, 0),  # Lost a process twice, then finished.
+    ([75, 75, 75, 75, 75], 4, 75),  # Up to --max_restarts (3) times.
+    ([1, 0], 1, 1),  # Any other failure: no restart.
+])
+def test_a_worker_runs_the_job_again_when_it_lost_a_process(tmp_path, statuses, runs, status):
+  program = tmp_path / 'job'  # Exits with the next of `statuses` each time it runs.
+  program.write_text(f'#!{sys.executable}\nimport pathlib\n'
+                     f'runs = pathlib.Path({str(tmp_path / "runs")!r})\n'
+                     'runs.write_text(runs.read_text() + "x" if runs.exists() else "x")\n'
+                     f'raise SystemExit({statuses!r}[len(runs.read_text()) - 1])\n')
+  program.chmod(0o755)
+  result = subprocess.run(['sh', '-c', AGAIN, 'job', str(program)], capture_output=True,
+                          text=True, timeout=30, check=False)
+  assert result.returncode == status
+  assert (tmp_path / 'runs').read_text() == 'x' * runs
+  assert result.stdout.count('the job lost a process: restart') == runs - 1
 
 
 def test_run_on_a_multi_host_slice(env):
@@ -348,8 +377,9 @@ def test_the_worker_commands_start_watch_and_stop_the_job(env, tmp_path, shell):
     assert job['argv'] == ['-u', '-m', 'ipt_jax.main', '--config=configs/pretrain.py',
                            '--workdir=gs://b/w', '--config.distributed=on', '--config.note=a b']
     assert job['cwd'] == str(home / 'ipt-jax')
-    # Its own process group (outside the ssh session), whose id is in the pid file.
-    assert job['pgid'] == job['pid'] == int((home / 'ipt-jax.pid').read_text())
+    # Its own process group (outside the ssh session), whose id is in the pid file: that of
+    # the shell that restarts it after a lost process.
+    assert job['pgid'] == int((home / 'ipt-jax.pid').read_text()) != job['pid']
     assert 'running (pid' in on_worker('status').stdout
     assert on_worker('logs').stdout == 'training step 1\n'
     again = on_worker('run', '--accelerator=v4-32', '--workdir=gs://b/w')
@@ -515,7 +545,7 @@ def test_slurm_one_process_per_gpu(env, submit_dir):
   """8 processes per node of 96 CPUs: 12 CPUs each."""
   assert sbatch_dry_run(env, submit_dir, '--workdir=/shared/runs/ipt 1',
                         '--config.note=two words', **slurm_env(nodes=2, tasks=16)) == [[
-      'env', XLA, 'srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'python', '-u', '-m',
+      'env', XLA, 'srun', '--cpus-per-task=12', 'python', '-u', '-m',
       'ipt_jax.main', '--config=configs/pretrain.py', '--workdir=/shared/runs/ipt 1',
       '--config.note=two words']]
 
@@ -523,7 +553,7 @@ def test_slurm_one_process_per_gpu(env, submit_dir):
 def test_slurm_one_process_per_node_sees_all_its_gpus_and_cpus(env, submit_dir):
   assert sbatch_dry_run(env, submit_dir, '--workdir=/shared/ipt', '--module=ipt_jax.finetune',
                         '--config=configs/finetune.py:sr_x2', **slurm_env(nodes=4, tasks=4)) == [[
-      'env', XLA, 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7', 'srun', '--kill-on-bad-exit=1',
+      'env', XLA, 'JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7', 'srun',
       '--cpus-per-task=96', 'python', '-u', '-m', 'ipt_jax.finetune',
       '--config=configs/finetune.py:sr_x2', '--workdir=/shared/ipt']]
 
@@ -538,7 +568,7 @@ def test_slurm_one_process_per_node_sees_all_its_gpus_and_cpus(env, submit_dir):
 ])
 def test_slurm_cpus_per_process(env, submit_dir, slurm, cpus):
   (command,) = sbatch_dry_run(env, submit_dir, '--workdir=/w', **slurm)
-  assert command[:command.index('python')] == ['env', XLA, 'srun', '--kill-on-bad-exit=1', *cpus]
+  assert command[:command.index('python')] == ['env', XLA, 'srun', *cpus]
 
 
 def test_slurm_job_step_runs_without_proxy_variables(env, submit_dir):
@@ -574,7 +604,7 @@ def test_slurm_dry_run_is_the_scripts_flag(env, submit_dir):
   """--dry_run anywhere among the arguments, never passed on to the program; DRY_RUN=1 (the older
   way) prints the same."""
   args = ('--config.seed=1', '--workdir=/shared/ipt', '--config.note=x')
-  expected = [['env', XLA, 'srun', '--kill-on-bad-exit=1', '--cpus-per-task=12', 'python', '-u',
+  expected = [['env', XLA, 'srun', '--cpus-per-task=12', 'python', '-u',
                '-m', 'ipt_jax.main', '--config=configs/pretrain.py', '--workdir=/shared/ipt',
                '--config.seed=1', '--config.note=x']]
   slurm = slurm_env(nodes=2, tasks=16)
@@ -626,8 +656,28 @@ def test_slurm_runs_srun(env, submit_dir):
     assert calls(env) == [['srun', srun[1:], step_env]]
 
 
+@pytest.mark.parametrize('restarts, requeued', [(0, True), (2, True), (3, False)])
+def test_slurm_requeues_a_job_that_lost_a_process(env, submit_dir, restarts, requeued):
+  """Exit status 75 (a process lost): requeued, up to --max_restarts (3) times."""
+  result = run(SLURM, '--workdir=/shared/ipt', env=env, cwd=submit_dir, SRUN_STATUS='75',
+               SLURM_RESTART_COUNT=str(restarts), **slurm_env(nodes=2, tasks=16))
+  assert result.returncode == 75
+  assert [name for name, _, _ in calls(env)] == ['srun', *(['scontrol'] * requeued)]
+  if requeued:
+    assert calls(env)[-1][1] == ['requeue', '4242']
+    assert f'requeueing it (restart {restarts + 1} of 3)' in result.stderr
+
+
+def test_slurm_does_not_requeue_other_failures(env, submit_dir):
+  result = run(SLURM, '--workdir=/shared/ipt', env=env, cwd=submit_dir, SRUN_STATUS='1',
+               **slurm_env(nodes=2, tasks=16))
+  assert result.returncode == 1
+  assert [name for name, _, _ in calls(env)] == ['srun']
+
+
 @pytest.mark.parametrize('args, slurm, message', [
     (['--workdir=/shared/ipt'], {}, 'not in a SLURM job: submit this script with sbatch'),
+    (['--workdir=/w', '--max_restarts=x'], slurm_env(2, 16), "bad --max_restarts 'x'"),
     ([], slurm_env(2, 16), 'missing --workdir'),
     (['--workdir=/w'], slurm_env(2, 8), '8 processes on 2 nodes of 8 GPUs: run one per GPU'),
     (['--workdir=/w'], slurm_env(2, 2, gpus=0), 'the job has no GPUs'),
