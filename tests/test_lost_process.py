@@ -185,10 +185,13 @@ def test_a_killed_process_stops_the_others_in_one_line(tmp_path, jobs, victim, t
   if target == 'child':  # Its supervisor says it was killed.
     assert lost_line(job, victim).groups() == (str(victim), '(killed by SIGKILL)', step)
   assert int(step) == max(steps_saved(tmp_path))
-  # Resubmitted at once: it takes over the dead run's claim and resumes from that step.
+  # Resubmitted at once, it resumes from that step, taking over the claim of process 0's
+  # training process when that was killed (ended by JAX, it may have given it back first).
   resumed = jobs(tmp_path)
   resumed.wait_for(lambda: resumed.steps_logged())
   assert resumed.first_step() == int(step)
+  if victim == 0:
+    assert 'Taking over the workdir claim' in ''.join(resumed.lines[0]), resumed.output(0)
 
 
 @pytest.mark.slow
