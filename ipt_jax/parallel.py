@@ -31,7 +31,6 @@ def initialize(mode: str = 'auto', cpu_devices: int = 0, *, heartbeat_timeout_se
   train step on one device; with a device per core and the batch split over them by the
   data-parallel mesh, every core runs every op (BENCHMARKS.md). Accelerators are unaffected;
   XLA_FLAGS=--xla_force_host_platform_device_count wins over it.
-
   """
   explicit = {name: os.environ.get(name) for name in _EXPLICIT_ENV}
   if cpu_devices and 'host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
