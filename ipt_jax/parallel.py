@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from ipt_jax import errors
+from ipt_jax import quiet
 
 BATCH_AXES = ('data', 'fsdp')
 
@@ -21,8 +22,8 @@ _EXPLICIT_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID
 
 def initialize(mode: str = 'auto', cpu_devices: int = 0, *, heartbeat_timeout_seconds: int = 100,
                startup_timeout_seconds: int = 300):
-  """Before JAX starts: splits the CPU into `cpu_devices` devices, and starts `jax.distributed`
-  when this run spans several processes (`several_processes`).
+  """Before JAX starts: splits the CPU into `cpu_devices` devices, starts `jax.distributed`
+  when this run spans several processes (`several_processes`), then JAX's backends.
 
   A process that sends no heartbeat for `heartbeat_timeout_seconds` counts as lost (and JAX
   ends the others); the processes wait `startup_timeout_seconds` for each other at the start.
@@ -32,14 +33,26 @@ def initialize(mode: str = 'auto', cpu_devices: int = 0, *, heartbeat_timeout_se
   data-parallel mesh, every core runs every op (BENCHMARKS.md). Accelerators are unaffected;
   XLA_FLAGS=--xla_force_host_platform_device_count wins over it.
   """
-  explicit = {name: os.environ.get(name) for name in _EXPLICIT_ENV}
   if cpu_devices and 'host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
     try:
       jax.config.update('jax_num_cpu_devices', cpu_devices)
     except RuntimeError:  # JAX already started in this process (a caller's own use of it).
       logging.warning('JAX had started: cpu_devices=%d is not applied.', cpu_devices)
-  if not several_processes(mode):
-    return
+  distributed = several_processes(mode)
+  if distributed:
+    _start_distributed(heartbeat_timeout_seconds, startup_timeout_seconds)
+  # With libtpu installed (the TPU compiler of the preflight) and no TPU, libtpu looks for a
+  # TPU VM's metadata when the backends start, and says so in lines of its own.
+  with quiet.libtpu_start_up():
+    jax.devices()
+  if distributed:
+    logging.info('jax.distributed: process %d of %d, %d local / %d global devices.',
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count())
+
+
+def _start_distributed(heartbeat_timeout_seconds: int, startup_timeout_seconds: int):
+  explicit = {name: os.environ.get(name) for name in _EXPLICIT_ENV}
   timeouts = dict(heartbeat_timeout_seconds=heartbeat_timeout_seconds,
                   initialization_timeout=startup_timeout_seconds)
   if explicit['JAX_COORDINATOR_ADDRESS']:
@@ -52,9 +65,6 @@ def initialize(mode: str = 'auto', cpu_devices: int = 0, *, heartbeat_timeout_se
                                int(explicit['JAX_PROCESS_ID']), **timeouts)
   else:
     jax.distributed.initialize(**timeouts)
-  logging.info('jax.distributed: process %d of %d, %d local / %d global devices.',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
 
 
 def several_processes(mode: str) -> bool:
